@@ -1,0 +1,52 @@
+# The two commands of the README do all the set-up on a fresh machine:
+#   make demo   provision everything, then run the end-to-end demo on embedded defaults
+#   make test   provision everything, then lint and run the whole test suite against real services
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+UV_VERSION := 0.13.9
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+export PINREC_HOME ?= $(CURDIR)/.pinrec
+
+.PHONY: setup tools demo test lint lock local-up local-down clean
+
+# Python environment from the lock file (uv is pinned and itself in the lock's dev extra).
+$(VENV)/.synced: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+# Kafka jars (Maven Central), Redis and Prometheus (apt), helm and kubeconform (go install); idempotent.
+tools: $(VENV)/.synced
+	$(BIN)/pinrec local install
+
+setup: tools
+
+demo: setup
+	$(BIN)/pinrec demo --no-install
+
+lint: $(VENV)/.synced
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+test: setup lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Re-resolve the lock file after changing dependencies in pyproject.toml.
+lock: $(VENV)/.synced
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 -o requirements.lock
+
+local-up: setup
+	$(BIN)/pinrec local up
+
+local-down: $(VENV)/.synced
+	$(BIN)/pinrec local down
+
+clean: local-down
+	rm -rf $(VENV) .pinrec demo-report

@@ -1,0 +1,1 @@
+"""Feast repository (entities, feature views, sources) and online-store wiring."""

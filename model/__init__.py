@@ -1,0 +1,1 @@
+"""Data, the PinRec model, training, generation and evaluation."""

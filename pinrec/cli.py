@@ -1,0 +1,134 @@
+"""The `pinrec` command line: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pinrec.settings import LocalStackSettings
+
+log = logging.getLogger("pinrec")
+
+
+def _tri_state(parser: argparse.ArgumentParser, name: str, what: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        f"--{name}",
+        dest=name,
+        action="store_true",
+        default=None,
+        help=f"start {what} (fail if it is not installed)",
+    )
+    group.add_argument(
+        f"--no-{name}",
+        dest=name,
+        action="store_false",
+        help=f"do not start {what} (default: start it when installed)",
+    )
+
+
+def _add_local(subparsers: argparse._SubParsersAction) -> None:
+    local = subparsers.add_parser(
+        "local",
+        help="provision and run the local stack (Kafka, Redis, Prometheus) on 127.0.0.1",
+        description="Local services for one machine. State (PIDs, logs, data) lives in PINREC_STATE_DIR "
+        "(default PINREC_HOME/run, PINREC_HOME defaults to ./.pinrec). Set PINREC_KAFKA_BOOTSTRAP, "
+        "PINREC_REDIS_URL or PINREC_PROMETHEUS_URL to use existing services instead.",
+    )
+    actions = local.add_subparsers(dest="action", required=True)
+    install = actions.add_parser(
+        "install",
+        help="download Kafka jars, build helm/kubeconform, apt-get Redis and Prometheus (idempotent)",
+    )
+    install.add_argument("--no-apt", action="store_true", help="skip the Debian packages")
+    install.add_argument("--no-go-tools", action="store_true", help="skip helm and kubeconform")
+    up = actions.add_parser("up", help="start the services and wait until each is ready")
+    _tri_state(up, "redis", "Redis")
+    _tri_state(up, "prometheus", "Prometheus")
+    down = actions.add_parser("down", help="stop the services that `local up` started here")
+    down.add_argument("--purge", action="store_true", help="also delete their data and logs")
+    status = actions.add_parser("status", help="show which services are up and where")
+    status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="run the end-to-end demo on embedded defaults")
+    demo.add_argument("--events", type=int, default=20_000, help="events to stream through Kafka")
+    demo.add_argument("--users", type=int, default=1_000, help="distinct users in the event stream")
+    demo.add_argument("--keep-running", action="store_true", help="leave the local stack up afterwards")
+    demo.add_argument("--no-install", action="store_true", help="do not provision missing tools first")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pinrec", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_local(subparsers)
+    _add_demo(subparsers)
+    return parser
+
+
+def _print_status(report: dict[str, dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for name, info in report.items():
+        where = info.get("bootstrap") or info.get("url") or info.get("reason", "")
+        owner = f"pid {info['pid']}" if info.get("pid") else ("external" if info["up"] else "")
+        print(f"{name:<11} {'up' if info['up'] else 'down':<5} {where}  {owner}".rstrip())
+
+
+def _run_local(args: argparse.Namespace, settings: LocalStackSettings) -> int:
+    from pinrec.localstack.provision import install_all
+    from pinrec.localstack.stack import LocalStack
+
+    if args.action == "install":
+        for tool, where in install_all(settings, apt=not args.no_apt, go_tools=not args.no_go_tools).items():
+            print(f"{tool:<12} {where}")
+        return 0
+    stack = LocalStack(settings)
+    if args.action == "up":
+        report = stack.up({"redis": args.redis, "prometheus": args.prometheus})
+        _print_status(report, as_json=False)
+        return 0 if report["kafka"]["up"] else 1
+    if args.action == "down":
+        stopped = stack.down(purge=args.purge)
+        print("stopped: " + (", ".join(stopped) or "nothing was running"))
+        return 0
+    _print_status(stack.status(), as_json=args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    # kafka-python logs routine coordinator moves and refused connections during start-up as warnings.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    try:
+        settings = LocalStackSettings.from_env()
+        if args.command == "local":
+            return _run_local(args, settings)
+        from pinrec.demo import run_demo
+
+        return run_demo(
+            settings,
+            events=args.events,
+            users=args.users,
+            keep_running=args.keep_running,
+            install=not args.no_install,
+        )
+    except (RuntimeError, ValueError, TimeoutError) as error:
+        log.error("%s", error)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""KServe predictors, retrieval and serving metrics."""

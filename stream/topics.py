@@ -1,0 +1,70 @@
+"""Kafka topic administration: is the broker up, create topics with their partition counts."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Mapping, Sequence
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+log = logging.getLogger(__name__)
+
+
+def _accepts_connections(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def broker_ready(bootstrap: str, timeout_ms: int = 2000) -> bool:
+    """True when the broker answers a cluster metadata request."""
+    # A plain TCP probe first: kafka-python logs every refused connection at ERROR level.
+    if not _accepts_connections(bootstrap):
+        return False
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms
+        )
+    except KafkaError:
+        return False
+    try:
+        return bool(admin.describe_cluster().get("brokers"))
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+
+
+def ensure_topics(bootstrap: str, partitions: Mapping[str, int], replication_factor: int = 1) -> None:
+    """Create each topic with its partition count; existing topics are left as they are."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(name, count, replication_factor)
+            for name, count in partitions.items()
+            if name not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                log.debug("topic created concurrently: %s", [topic.name for topic in new])
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_topics(list(names))
+    except UnknownTopicOrPartitionError:
+        pass
+    finally:
+        admin.close()
