@@ -90,7 +90,8 @@ def _run_local(args: argparse.Namespace, settings: LocalStackSettings) -> int:
         return 0
     stack = LocalStack(settings)
     if args.action == "up":
-        report = stack.up({"redis": args.redis, "prometheus": args.prometheus})
+        stack.up({"redis": args.redis, "prometheus": args.prometheus})
+        report = stack.status()
         _print_status(report, as_json=False)
         return 0 if report["kafka"]["up"] else 1
     if args.action == "down":

@@ -143,10 +143,12 @@ def run_demo(
     if install:
         log.info("provisioning tools (first run downloads Kafka jars and Debian packages)")
         install_all(settings, go_tools=False)
-    stack = LocalStack(settings)
+    # Services this run starts die with it (even on kill -9) unless the user wants them kept.
+    stack = LocalStack(settings, bound_to_parent=not keep_running)
+    log.info("starting the local stack")
+    started = stack.up({"redis": None, "prometheus": None})
     try:
-        log.info("starting the local stack")
-        report = stack.up({"redis": None, "prometheus": None})
+        report = stack.status()
         bootstrap = report["kafka"]["bootstrap"]
         registry = CollectorRegistry()
         counter = Counter(
@@ -154,7 +156,7 @@ def run_demo(
         )
         metrics_port = pick_port(0)
         metrics_server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
-        stack.register_scrape_target("demo", f"127.0.0.1:{metrics_port}")
+        target = stack.register_scrape_target("demo", f"127.0.0.1:{metrics_port}")
 
         topic = f"pinrec.demo.events.{uuid.uuid4().hex[:8]}"
         ensure_topics(bootstrap, {topic: 3})
@@ -170,6 +172,8 @@ def run_demo(
             )
             scraped = prometheus_value(url, query)
         metrics_server.shutdown()
+        if target:
+            target.unlink()
         _print_summary(report, result, scraped)
         ok = result.exactly_once and result.ordered_per_user
         if keep_running:
@@ -177,7 +181,7 @@ def run_demo(
         return 0 if ok else 1
     finally:
         if not keep_running:
-            stack.down()
+            stack.down(only=started)
 
 
 def _print_summary(report: dict[str, dict], result: RoundTrip, scraped: float | None) -> None:

@@ -29,7 +29,8 @@ class Services:
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     stack = LocalStack(free_port_settings(tmp_path_factory.mktemp("stack")), bound_to_parent=True)
     try:
-        report = stack.up({"redis": True, "prometheus": True})
+        stack.up({"redis": True, "prometheus": True})
+        report = stack.status()
         yield Services(
             stack, report["kafka"]["bootstrap"], report["redis"]["url"], report["prometheus"]["url"]
         )

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pinrec.localstack.processes import die_with_parent
 from pinrec.settings import LocalStackSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ def cli_env(state_dir: Path) -> dict[str, str]:
 
 
 def run_pinrec(env: dict[str, str], *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
+    """Run the CLI; it dies with the test process, so a killed test run leaves no CLI behind."""
     return subprocess.run(
         [sys.executable, "-m", "pinrec.cli", *args],
         env=env,
@@ -49,4 +51,5 @@ def run_pinrec(env: dict[str, str], *args: str, timeout_s: float = 180) -> subpr
         text=True,
         timeout=timeout_s,
         cwd=REPO,
+        preexec_fn=die_with_parent,
     )

@@ -102,6 +102,7 @@ def test_killed_owner_takes_its_services_with_it(tmp_path):
 def test_an_external_broker_is_reported_and_never_started(services, tmp_path):
     settings = replace(free_port_settings(tmp_path), kafka_bootstrap=services.kafka_bootstrap)
     stack = LocalStack(settings)
-    report = stack.up({"redis": False, "prometheus": False})
+    assert stack.up({"redis": False, "prometheus": False}) == []
+    report = stack.status()
     assert report["kafka"] == {"up": True, "managed": False, "bootstrap": services.kafka_bootstrap}
     assert "kafka" not in _records(tmp_path)

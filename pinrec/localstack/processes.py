@@ -38,7 +38,7 @@ def pick_port(preferred: int, taken: Sequence[int] = ()) -> int:
             return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: the kernel kills it when the parent dies, even by SIGKILL.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -57,7 +57,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if bound_to_parent else None,
+            preexec_fn=die_with_parent if bound_to_parent else None,
         )
     return process
 

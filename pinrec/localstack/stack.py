@@ -66,29 +66,36 @@ class LocalStack:
 
     # --- commands ---------------------------------------------------------------------------------
 
-    def up(self, wanted: dict[str, bool | None]) -> dict[str, dict]:
-        """Start the wanted services that are not running yet and wait until each is ready.
+    def up(self, wanted: dict[str, bool | None]) -> list[str]:
+        """Start the wanted services that are not running yet, wait until each is ready, and return the
+        names of those started by this call. When one fails, those started by this call are stopped.
 
         wanted maps a service name to True (must start), False (skip) or None (start when installed).
         Kafka is always wanted.
         """
         wanted = {**wanted, "kafka": True}
+        started: list[str] = []
         with self._locked():
             records = {name: r for name, r in self._records().items() if self._running(r)}
             self._save(records)
-            for name, service in self.services.items():
-                want = wanted.get(name)
-                if want is False or name in records or self.external(name):
-                    continue
-                reason = service.missing()
-                if reason:
-                    if want:
-                        raise RuntimeError(f"cannot start {name}: {reason}")
-                    log.info("skipping %s: %s", name, reason)
-                    continue
-                records[name] = self._start(service, records)
-                self._save(records)
-        return self.status()
+            try:
+                for name, service in self.services.items():
+                    want = wanted.get(name)
+                    if want is False or name in records or self.external(name):
+                        continue
+                    reason = service.missing()
+                    if reason:
+                        if want:
+                            raise RuntimeError(f"cannot start {name}: {reason}")
+                        log.info("skipping %s: %s", name, reason)
+                        continue
+                    records[name] = self._start(service, records)
+                    started.append(name)
+                    self._save(records)
+            except BaseException:
+                self._stop(records, started)
+                raise
+        return started
 
     def _start(self, service: Service, records: dict[str, ServiceRecord]) -> ServiceRecord:
         taken = [port for record in records.values() for port in record.ports.values()]
@@ -116,19 +123,26 @@ class LocalStack:
         )
         return record
 
-    def down(self, *, purge: bool = False) -> list[str]:
-        """Stop the services this state directory started (newest first); purge also deletes their data."""
+    def _stop(self, records: dict[str, ServiceRecord], names: list[str]) -> list[str]:
+        """Stop the named services, newest first, dropping them from records and the state file."""
         stopped = []
+        for name in reversed(names):
+            record = records.pop(name)
+            if processes.stop(record.pid, record.markers):
+                stopped.append(name)
+            self._save(records)
+        return stopped
+
+    def down(self, only: list[str] | None = None, *, purge: bool = False) -> list[str]:
+        """Stop the services this state directory started (or only those named; newest first) and return
+        the names stopped; purge also deletes their data and logs."""
         with self._locked():
             records = self._records()
-            for name in reversed(list(records)):
-                record = records.pop(name)
-                if processes.stop(record.pid, record.markers):
-                    stopped.append(name)
-                self._save(records)
+            names = [name for name in records if only is None or name in only]
+            stopped = self._stop(records, names)
             if purge:
-                for service in self.services.values():
-                    shutil.rmtree(service.dir, ignore_errors=True)
+                for name in names if only is not None else self.services:
+                    shutil.rmtree(self.services[name].dir, ignore_errors=True)
         return stopped
 
     def status(self) -> dict[str, dict]:
