@@ -6,10 +6,18 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
+from pinrec import stream_commands
 from pinrec.settings import LocalStackSettings
 
 log = logging.getLogger("pinrec")
+
+STREAM_COMMANDS = {
+    "features": stream_commands.run_features,
+    "produce": stream_commands.run_produce,
+    "consume": stream_commands.run_consume,
+}
 
 
 def _tri_state(parser: argparse.ArgumentParser, name: str, what: str) -> None:
@@ -61,11 +69,43 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--no-install", action="store_true", help="do not provision missing tools first")
 
 
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks: a table, and JSON with --json")
+    kinds = bench.add_subparsers(dest="kind", required=True)
+    stream = kinds.add_parser(
+        "stream", help="protocol E: consumer throughput vs a no-write floor, freshness at a steady rate"
+    )
+    stream.add_argument("--online-store", choices=["sqlite", "redis"], default="redis")
+    stream.add_argument("--users", type=int, default=100_000, help="distinct users (Zipf-like activity)")
+    stream.add_argument("--events", type=int, default=300_000, help="events of the throughput phase")
+    stream.add_argument("--cap", type=int, default=200, help="sequence length kept per user")
+    stream.add_argument("--rate", type=float, default=2_000, help="events/s of the freshness phase")
+    stream.add_argument("--seconds", type=float, default=30, help="duration of the freshness phase")
+    stream.add_argument("--json", type=Path, help="write the results here")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from pinrec.bench.stream import StreamBenchConfig, run_stream_bench
+
+    config = StreamBenchConfig(
+        online_store=args.online_store,
+        users=args.users,
+        events=args.events,
+        sequence_cap=args.cap,
+        steady_rate=args.rate,
+        steady_seconds=args.seconds,
+    )
+    run_stream_bench(config, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pinrec", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_local(subparsers)
+    stream_commands.add_parsers(subparsers)
+    _add_bench(subparsers)
     _add_demo(subparsers)
     return parser
 
@@ -111,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     # kafka-python logs routine coordinator moves and refused connections during start-up as warnings.
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("feast").setLevel(logging.WARNING)
     try:
         settings = LocalStackSettings.from_env()
         if args.command == "local":
             return _run_local(args, settings)
+        if args.command in STREAM_COMMANDS:
+            return STREAM_COMMANDS[args.command](args, settings)
+        if args.command == "bench":
+            return _run_bench(args)
         from pinrec.demo import run_demo
 
         return run_demo(

@@ -59,8 +59,8 @@ class Service(ABC):
         """Why the service cannot start here (tool not installed), or None."""
 
     @abstractmethod
-    def plan(self, taken_ports: list[int]) -> LaunchPlan:
-        """Write the configuration and return the command line to start."""
+    def plan(self, taken_ports: list[int], ports: dict[str, int] | None = None) -> LaunchPlan:
+        """Write the configuration and return the command line to start; ports: reuse these (restart)."""
 
     @abstractmethod
     def ready(self, endpoint: dict[str, str]) -> bool:
@@ -77,9 +77,13 @@ class KafkaService(Service):
             return f"Kafka jars not provisioned; {self.install_hint}"
         return None
 
-    def plan(self, taken_ports: list[int]) -> LaunchPlan:
-        port = pick_port(self.settings.kafka_port, taken_ports)
-        controller = pick_port(self.settings.kafka_controller_port, [*taken_ports, port])
+    def plan(self, taken_ports: list[int], ports: dict[str, int] | None = None) -> LaunchPlan:
+        port = ports["broker"] if ports else pick_port(self.settings.kafka_port, taken_ports)
+        controller = (
+            ports["controller"]
+            if ports
+            else pick_port(self.settings.kafka_controller_port, [*taken_ports, port])
+        )
         data = self.dir / "data"
         config = self.dir / "server.properties"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +165,8 @@ class RedisService(Service):
     def missing(self) -> str | None:
         return None if shutil.which("redis-server") else f"redis-server not installed; {self.install_hint}"
 
-    def plan(self, taken_ports: list[int]) -> LaunchPlan:
-        port = pick_port(self.settings.redis_port, taken_ports)
+    def plan(self, taken_ports: list[int], ports: dict[str, int] | None = None) -> LaunchPlan:
+        port = ports["redis"] if ports else pick_port(self.settings.redis_port, taken_ports)
         self.dir.mkdir(parents=True, exist_ok=True)
         return LaunchPlan(
             # No persistence: the online store is rebuilt from Kafka; daemonize off so the PID is ours.
@@ -206,8 +210,8 @@ class PrometheusService(Service):
     def targets_dir(self) -> Path:
         return self.dir / "targets"
 
-    def plan(self, taken_ports: list[int]) -> LaunchPlan:
-        port = pick_port(self.settings.prometheus_port, taken_ports)
+    def plan(self, taken_ports: list[int], ports: dict[str, int] | None = None) -> LaunchPlan:
+        port = ports["prometheus"] if ports else pick_port(self.settings.prometheus_port, taken_ports)
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         config = self.dir / "prometheus.yml"
         interval = f"{self.settings.scrape_interval_s:g}s"

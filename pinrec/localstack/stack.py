@@ -97,9 +97,11 @@ class LocalStack:
                 raise
         return started
 
-    def _start(self, service: Service, records: dict[str, ServiceRecord]) -> ServiceRecord:
+    def _start(
+        self, service: Service, records: dict[str, ServiceRecord], ports: dict[str, int] | None = None
+    ) -> ServiceRecord:
         taken = [port for record in records.values() for port in record.ports.values()]
-        plan = service.plan(taken)
+        plan = service.plan(taken, ports)
         log_path = service.dir / f"{service.name}.log"
         started = time.monotonic()
         process = processes.spawn(
@@ -144,6 +146,16 @@ class LocalStack:
                 for name in names if only is not None else self.services:
                     shutil.rmtree(self.services[name].dir, ignore_errors=True)
         return stopped
+
+    def restart(self, name: str, pause_s: float = 0.0) -> None:
+        """Stop a running service, wait pause_s, and start it again on the same ports with its data."""
+        with self._locked():
+            records = self._records()
+            record = records[name]
+            self._stop(records, [name])
+            time.sleep(pause_s)
+            records[name] = self._start(self.services[name], records, record.ports)
+            self._save(records)
 
     def status(self) -> dict[str, dict]:
         """Per service: up, its endpoint, and whether this stack manages it (pid, log) or it is external."""

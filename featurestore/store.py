@@ -1,0 +1,165 @@
+"""Feast store wiring: the repository config (SQLite online store by default, Redis in production),
+`pinrec features apply`, and reading and writing user sequences."""
+
+from __future__ import annotations
+
+import logging
+import os
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast import FeatureStore, RepoConfig
+
+from pinrec.featurestore.definitions import (
+    SEQUENCE_FIELDS,
+    USER_ACTIVITY_PUSH,
+    USER_ACTIVITY_VIEW,
+    feature_definitions,
+)
+from pinrec.featurestore.schema import UserSequence
+
+log = logging.getLogger(__name__)
+
+FEATURE_REFS = [f"{USER_ACTIVITY_VIEW}:{name}" for name in (*SEQUENCE_FIELDS, "version_us")]
+
+
+@dataclass(frozen=True)
+class FeatureStoreSettings:
+    """Where the Feast repository lives and which online store it uses."""
+
+    repo_dir: Path  # PINREC_FEATURE_REPO: registry, SQLite file and offline snapshots
+    online_store: Literal["sqlite", "redis"] = "sqlite"  # PINREC_ONLINE_STORE
+    redis_url: str | None = None  # PINREC_REDIS_URL, required for the redis online store
+    project: str = "pinrec"  # PINREC_FEAST_PROJECT: namespace of the keys in the online store
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> FeatureStoreSettings:
+        home = Path(environ.get("PINREC_HOME") or Path.cwd() / ".pinrec")
+        values = {
+            "repo_dir": Path(environ.get("PINREC_FEATURE_REPO") or home / "feature_repo"),
+            "online_store": environ.get("PINREC_ONLINE_STORE") or "sqlite",
+            "redis_url": environ.get("PINREC_REDIS_URL") or None,
+            "project": environ.get("PINREC_FEAST_PROJECT") or "pinrec",
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.online_store not in ("sqlite", "redis"):
+            raise ValueError(f"online store must be 'sqlite' or 'redis', got {self.online_store!r}")
+        if not self.project.replace("_", "").isalnum():
+            raise ValueError(f"the Feast project name must be letters, digits and _, got {self.project!r}")
+        if self.online_store == "redis" and not self.redis_url:
+            raise ValueError("the redis online store needs a Redis URL (PINREC_REDIS_URL or --redis-url)")
+
+
+def _redis_connection_string(url: str) -> str:
+    """redis://[:password@]host:port/db -> Feast's "host:port,db=N[,password=...]"."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError(f"not a Redis URL (redis://host:port/db): {url!r}")
+    parts = [f"{parsed.hostname}:{parsed.port or 6379}", f"db={parsed.path.lstrip('/') or 0}"]
+    if parsed.password:
+        parts.append(f"password={urllib.parse.unquote(parsed.password)}")
+    if parsed.scheme == "rediss":
+        parts.append("ssl=true")
+    return ",".join(parts)
+
+
+def repo_config(settings: FeatureStoreSettings) -> RepoConfig:
+    repo = settings.repo_dir.resolve()
+    if settings.online_store == "redis":
+        online = {"type": "redis", "connection_string": _redis_connection_string(settings.redis_url or "")}
+    else:
+        online = {"type": "sqlite", "path": str(repo / "online_store.db")}
+    return RepoConfig(
+        project=settings.project,
+        provider="local",
+        # The consumer and the server only read the registry; refresh it once a minute.
+        registry={"path": str(repo / "registry.db"), "cache_ttl_seconds": 60},
+        online_store=online,
+        offline_store={"type": "file"},
+        entity_key_serialization_version=3,
+        repo_path=repo,
+    )
+
+
+def offline_snapshot_path(settings: FeatureStoreSettings) -> Path:
+    return settings.repo_dir.resolve() / "data" / "user_activity.parquet"
+
+
+def apply(settings: FeatureStoreSettings) -> FeatureStore:
+    """Register the entity, sources and feature view (idempotent) and return the store."""
+    settings.repo_dir.mkdir(parents=True, exist_ok=True)
+    offline = offline_snapshot_path(settings)
+    if not offline.exists():
+        offline.parent.mkdir(parents=True, exist_ok=True)
+        empty = pa.schema(
+            [("user_id", pa.int64()), ("event_timestamp", pa.timestamp("us", tz="UTC"))]
+            + [(name, pa.list_(pa.int64())) for name in SEQUENCE_FIELDS]
+            + [("version_us", pa.int64())]
+        )
+        pq.write_table(empty.empty_table(), offline)
+    store = FeatureStore(config=repo_config(settings))
+    store.apply(feature_definitions(offline))
+    log.info(
+        "applied the feature repository in %s (%s online store)", settings.repo_dir, settings.online_store
+    )
+    return store
+
+
+def open_store(settings: FeatureStoreSettings) -> FeatureStore:
+    """The store, applying the repository first when it has not been applied yet."""
+    store = FeatureStore(config=repo_config(settings))
+    try:
+        store.get_feature_view(USER_ACTIVITY_VIEW)
+    except Exception:  # Feast raises several registry errors for a missing or empty registry
+        return apply(settings)
+    return store
+
+
+def read_sequences(store: FeatureStore, user_ids: Iterable[int]) -> dict[int, UserSequence]:
+    """The stored sequences of these users; users without one are absent from the result."""
+    ids = list(user_ids)
+    if not ids:
+        return {}
+    rows = store.get_online_features(
+        features=FEATURE_REFS, entity_rows=[{"user_id": u} for u in ids]
+    ).to_dict()
+    found = {}
+    for i, user_id in enumerate(rows["user_id"]):
+        if rows["version_us"][i] is None:
+            continue
+        found[user_id] = UserSequence(
+            user_id=user_id,
+            **{name: tuple(rows[name][i] or ()) for name in SEQUENCE_FIELDS},
+            version_us=rows["version_us"][i],
+        )
+    return found
+
+
+def write_sequences(store: FeatureStore, sequences: Iterable[UserSequence]) -> int:
+    """Push one row per user; each row's event timestamp is its version, which the caller keeps strictly
+    increasing per user (the Redis store silently drops a row that is not newer than the stored one)."""
+    rows = list(sequences)
+    if not rows:
+        return 0
+    frame = pd.DataFrame(
+        {
+            "user_id": [s.user_id for s in rows],
+            "event_timestamp": [datetime.fromtimestamp(s.version_us / 1e6, tz=UTC) for s in rows],
+            **{name: [list(getattr(s, name)) for s in rows] for name in SEQUENCE_FIELDS},
+            "version_us": [s.version_us for s in rows],
+        }
+    )
+    store.push(USER_ACTIVITY_PUSH, frame)
+    return len(rows)

@@ -1,0 +1,201 @@
+"""`pinrec bench stream` (protocol E): sustained consumer throughput through Feast against a floor consumer
+that reads the same topic and writes nothing, and end-to-end freshness at a steady input rate.
+
+Everything runs on a private local stack (real Kafka, Redis) started for the run and stopped after it.
+The producer of the steady phase is a separate process, as a client would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pinrec.bench.report import print_table, write_json
+from pinrec.featurestore.schema import Vocabulary
+from pinrec.featurestore.store import FeatureStoreSettings, apply
+from pinrec.localstack.processes import die_with_parent
+from pinrec.localstack.stack import LocalStack
+from pinrec.settings import LocalStackSettings
+from pinrec.stream.consumer import ConsumerSettings, NullSink, SequenceConsumer, SequenceSink
+from pinrec.stream.events import EventLimits
+from pinrec.stream.feast_sink import FeastSink
+from pinrec.stream.metrics import ConsumerMetrics
+from pinrec.stream.producer import produce
+from pinrec.stream.topics import ensure_topics
+from pinrec.stream.workload import zipf_user_stream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamBenchConfig:
+    online_store: str = "redis"
+    users: int = 100_000  # distinct users, Zipf-like activity
+    events: int = 300_000  # events of the throughput phase
+    zipf_exponent: float = 1.1
+    sequence_cap: int = 200
+    partitions: int = 3
+    steady_rate: float = 2_000.0  # events/s of the freshness phase
+    steady_seconds: float = 30.0
+    max_poll_records: int = 5_000
+
+
+@dataclass
+class ConsumerRun:
+    events_per_s: float
+    seconds: float
+    metrics: ConsumerMetrics
+
+
+def _consume_until(
+    settings: ConsumerSettings, sink: SequenceSink, expected: int, metrics: ConsumerMetrics
+) -> ConsumerRun:
+    """Run a consumer until it has read `expected` messages; time from its first message to the last."""
+    consumer = SequenceConsumer(settings, sink, Vocabulary(), EventLimits(), metrics)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    first = None
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline and thread.is_alive():
+        consumed = metrics.consumed._value.get()
+        if consumed and first is None:
+            first = time.monotonic()
+        if consumed >= expected:
+            break
+        time.sleep(0.02)
+    done = time.monotonic()
+    stop.set()
+    thread.join(timeout=60)
+    consumed = metrics.consumed._value.get()
+    if consumed < expected:
+        raise RuntimeError(f"consumer read {consumed:,} of {expected:,} messages")
+    seconds = done - (first or done)
+    return ConsumerRun(consumed / seconds if seconds else float("nan"), seconds, metrics)
+
+
+def run_stream_bench(config: StreamBenchConfig, json_path: Path | None) -> dict:
+    base = LocalStackSettings.from_env()
+    with tempfile.TemporaryDirectory(prefix="pinrec-bench-stream-") as tmp:
+        workdir = Path(tmp)
+        stack_settings = replace(
+            base,
+            state_dir=workdir / "stack",
+            kafka_port=0,
+            kafka_controller_port=0,
+            redis_port=0,
+            prometheus_port=0,
+        )
+        stack = LocalStack(stack_settings, bound_to_parent=True)
+        started = stack.up({"redis": config.online_store == "redis", "prometheus": False})
+        try:
+            status = stack.status()
+            result = _run(config, status["kafka"]["bootstrap"], status["redis"].get("url"), workdir)
+        finally:
+            stack.down(only=started)
+    _print(result)
+    write_json(json_path, result)
+    return result
+
+
+def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workdir: Path) -> dict:
+    store = apply(FeatureStoreSettings(workdir / "feature_repo", config.online_store, redis_url))
+    run_id = uuid.uuid4().hex[:8]
+    topic = f"bench.stream.{run_id}"
+    ensure_topics(bootstrap, {topic: config.partitions, f"{topic}.dlq": 1})
+    log.info("filling %s with %d events over %d users", topic, config.events, config.users)
+    events = zipf_user_stream(
+        config.users, config.events, Vocabulary(), seed=1, exponent=config.zipf_exponent
+    )
+    produce(bootstrap, topic, events, total=config.events)
+
+    def settings(group: str, on: str = topic) -> ConsumerSettings:
+        return ConsumerSettings(
+            bootstrap,
+            on,
+            group_id=f"{group}-{run_id}",
+            sequence_cap=config.sequence_cap,
+            max_poll_records=config.max_poll_records,
+        )
+
+    log.info("floor: a consumer that validates and writes nothing")
+    floor = _consume_until(settings("floor"), NullSink(), config.events, ConsumerMetrics())
+    log.info("consumer writing through Feast to %s", config.online_store)
+    full = _consume_until(settings("full"), FeastSink(store), config.events, ConsumerMetrics())
+
+    steady_topic = f"{topic}.steady"
+    ensure_topics(bootstrap, {steady_topic: config.partitions, f"{steady_topic}.dlq": 1})
+    steady_events = int(config.steady_rate * config.steady_seconds)
+    log.info("freshness at a steady %.0f events/s for %.0f s", config.steady_rate, config.steady_seconds)
+    producer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pinrec.cli",
+            "produce",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            steady_topic,
+            "--users",
+            str(config.users),
+            "--events",
+            str(steady_events),
+            "--rate",
+            str(config.steady_rate),
+            "--seed",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    steady_metrics = ConsumerMetrics(freshness_samples_s=[])
+    steady = _consume_until(settings("steady", steady_topic), FeastSink(store), steady_events, steady_metrics)
+    producer.wait(timeout=60)
+    freshness_ms = np.array(steady_metrics.freshness_samples_s) * 1000
+
+    return {
+        "benchmark": "stream",
+        "protocol": "E",
+        "online_store": config.online_store,
+        "events_per_s": round(full.events_per_s, 1),
+        "floor_events_per_s": round(floor.events_per_s, 1),
+        "ratio_vs_floor": round(full.events_per_s / floor.events_per_s, 4),
+        "freshness_p50_ms": round(float(np.quantile(freshness_ms, 0.5)), 1),
+        "freshness_p99_ms": round(float(np.quantile(freshness_ms, 0.99)), 1),
+        "steady_rate_events_per_s": config.steady_rate,
+        "steady_achieved_events_per_s": round(steady.events_per_s, 1),
+        "sequences_written": int(full.metrics.written._value.get()),
+        "events_applied": int(full.metrics.applied._value.get()),
+        "config": asdict(config),
+    }
+
+
+def _print(result: dict) -> None:
+    print_table(
+        f"Stream benchmark (protocol E), online store {result['online_store']}",
+        [
+            ("events/s through Feast", result["events_per_s"]),
+            ("floor events/s (no writes)", result["floor_events_per_s"]),
+            ("ratio vs floor", result["ratio_vs_floor"]),
+            (
+                f"freshness p50 at {result['steady_rate_events_per_s']:.0f} ev/s (ms)",
+                result["freshness_p50_ms"],
+            ),
+            (
+                f"freshness p99 at {result['steady_rate_events_per_s']:.0f} ev/s (ms)",
+                result["freshness_p99_ms"],
+            ),
+            ("sequences written", result["sequences_written"]),
+        ],
+    )
