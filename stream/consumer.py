@@ -74,8 +74,9 @@ class StopRequested(Exception):
 
 
 class _ClearCacheOnRebalance(ConsumerRebalanceListener):
-    def __init__(self, cache: OrderedDict) -> None:
+    def __init__(self, cache: OrderedDict, metrics: ConsumerMetrics) -> None:
         self.cache = cache
+        self.metrics = metrics
 
     def on_partitions_revoked(self, revoked):
         # Called inside poll(), between batches: everything processed so far is already committed.
@@ -84,6 +85,7 @@ class _ClearCacheOnRebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned):
         # Another consumer may have written these users while the partitions were elsewhere.
         self.cache.clear()
+        self.metrics.assigned_partitions.set(len(assigned))
 
 
 class SequenceConsumer:
@@ -113,7 +115,7 @@ class SequenceConsumer:
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
-        self.consumer.subscribe([settings.topic], listener=_ClearCacheOnRebalance(self.cache))
+        self.consumer.subscribe([settings.topic], listener=_ClearCacheOnRebalance(self.cache, metrics))
         self.dlq = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
         self._stop_deadline: float | None = None
         self._next_lag_check = 0.0

@@ -46,6 +46,9 @@ class ConsumerMetrics:
         self.lag = Gauge(
             "pinrec_consumer_lag_messages", "Messages behind the end of the assigned partitions", registry=r
         )
+        self.assigned_partitions = Gauge(
+            "pinrec_consumer_assigned_partitions", "Partitions this consumer owns in its group", registry=r
+        )
         self.batch_seconds = Histogram(
             "pinrec_consumer_batch_seconds",
             "Time to process one polled batch, per stage",
