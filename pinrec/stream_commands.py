@@ -89,7 +89,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     consume.add_argument("--group", default="pinrec-sequences", help="consumer group id")
     consume.add_argument("--partitions", type=int, default=3, help="partitions when the topic is created")
     consume.add_argument("--cap", type=int, default=200, help="sequence length kept per user")
-    consume.add_argument("--max-poll-records", type=int, default=5000, help="largest batch")
+    consume.add_argument("--max-poll-records", type=int, default=20_000, help="largest batch")
     consume.add_argument("--metrics-port", type=int, default=9400, help="port of /metrics (0: any free port)")
     consume.add_argument("--idle-exit", type=float, help="exit after this many seconds without messages")
     add_store_options(consume)
@@ -125,9 +125,9 @@ def run_produce(args: argparse.Namespace, settings: LocalStackSettings) -> int:
 
 
 def run_consume(args: argparse.Namespace, settings: LocalStackSettings) -> int:
+    from pinrec.featurestore.store import SequenceStore
     from pinrec.stream.consumer import ConsumerSettings, SequenceConsumer
     from pinrec.stream.events import EventLimits
-    from pinrec.stream.feast_sink import FeastSink
     from pinrec.stream.metrics import ConsumerMetrics
     from pinrec.stream.topics import ensure_topics
 
@@ -147,7 +147,7 @@ def run_consume(args: argparse.Namespace, settings: LocalStackSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     consumer = SequenceConsumer(
-        consumer_settings, FeastSink(store), Vocabulary.from_env(), EventLimits(), metrics
+        consumer_settings, SequenceStore(store), Vocabulary.from_env(), EventLimits(), metrics
     )
     log.info("consuming %s as group %s", args.topic, args.group)
     consumer.run(stop, idle_exit_s=args.idle_exit)

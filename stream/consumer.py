@@ -36,7 +36,8 @@ class ConsumerSettings:
     topic: str
     group_id: str = "pinrec-sequences"
     sequence_cap: int = 200  # entries kept per user, newest last
-    max_poll_records: int = 5000  # the largest batch; one read and one write per user per batch
+    # The largest batch: one read and one write per user per batch, so bigger batches coalesce more events.
+    max_poll_records: int = 20_000
     poll_timeout_ms: int = 100
     cache_users: int = (
         200_000  # sequences kept in memory for the assigned partitions (we are their only writer)

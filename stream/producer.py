@@ -41,7 +41,9 @@ def produce(
     started = time.monotonic()
     sent = 0
     try:
-        for event in tqdm(events, total=total, desc=f"produce {topic}", unit="ev", disable=not progress):
+        for event in tqdm(
+            events, total=total, desc=f"produce {topic}", unit="ev", disable=not progress, mininterval=1
+        ):
             if rate:
                 ahead = started + sent / rate - time.monotonic()
                 if ahead > 0:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from pinrec.featurestore.definitions import SEQUENCE_FIELDS, USER_ACTIVITY_VIEW
 from pinrec.featurestore.schema import Vocabulary, event_key
-from pinrec.featurestore.store import FeatureStoreSettings, open_store, read_sequences
+from pinrec.featurestore.store import FeatureStoreSettings, open_store
 from pinrec.localstack.processes import die_with_parent, pick_port
 from pinrec.stream.events import Event
 
@@ -67,8 +68,18 @@ def reference_sequences(events: list[Event], cap: int = 200) -> Sequences:
 
 
 def stored_sequences(settings: FeatureStoreSettings, users: list[int]) -> Sequences:
-    found = read_sequences(open_store(settings), users)
-    return {user: (s.item_ids, s.event_times_ms) for user, s in found.items()}
+    """What any Feast client reads: through the public get_online_features, not the consumer's own path."""
+    features = [f"{USER_ACTIVITY_VIEW}:{name}" for name in (*SEQUENCE_FIELDS, "version_us")]
+    rows = (
+        open_store(settings)
+        .get_online_features(features=features, entity_rows=[{"user_id": u} for u in users])
+        .to_dict()
+    )
+    return {
+        user: (tuple(rows["item_ids"][i]), tuple(rows["event_times_ms"][i]))
+        for i, user in enumerate(rows["user_id"])
+        if rows["version_us"][i] is not None
+    }
 
 
 def wait_for_sequences(settings: FeatureStoreSettings, expected: Sequences, timeout_s: float = 120) -> None:

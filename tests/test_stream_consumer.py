@@ -11,10 +11,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.featurestore.store import FeatureStoreSettings, apply
+from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
 from pinrec.stream.consumer import ConsumerSettings, SequenceConsumer
 from pinrec.stream.events import Event, EventLimits
-from pinrec.stream.feast_sink import FeastSink
 from pinrec.stream.metrics import ConsumerMetrics
 
 from .stream_helpers import (
@@ -186,7 +185,7 @@ def test_equal_event_times_and_rapid_updates_are_all_applied_on_redis(
     # One event per batch: every event is its own write of the user, many within one clock tick.
     settings = ConsumerSettings(services.kafka_bootstrap, topic, group_id=topic, max_poll_records=1)
     metrics = ConsumerMetrics()
-    consumer = SequenceConsumer(settings, FeastSink(apply(store)), Vocabulary(), EventLimits(), metrics)
+    consumer = SequenceConsumer(settings, SequenceStore(apply(store)), Vocabulary(), EventLimits(), metrics)
     stop = threading.Event()
     thread = threading.Thread(target=consumer.run, args=(stop,))
     thread.start()

@@ -21,13 +21,12 @@ import numpy as np
 
 from pinrec.bench.report import print_table, write_json
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.featurestore.store import FeatureStoreSettings, apply
+from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
 from pinrec.localstack.processes import die_with_parent
 from pinrec.localstack.stack import LocalStack
 from pinrec.settings import LocalStackSettings
 from pinrec.stream.consumer import ConsumerSettings, NullSink, SequenceConsumer, SequenceSink
 from pinrec.stream.events import EventLimits
-from pinrec.stream.feast_sink import FeastSink
 from pinrec.stream.metrics import ConsumerMetrics
 from pinrec.stream.producer import produce
 from pinrec.stream.topics import ensure_topics
@@ -46,7 +45,7 @@ class StreamBenchConfig:
     partitions: int = 3
     steady_rate: float = 2_000.0  # events/s of the freshness phase
     steady_seconds: float = 30.0
-    max_poll_records: int = 5_000
+    max_poll_records: int = 20_000
 
 
 @dataclass
@@ -130,7 +129,7 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
     log.info("floor: a consumer that validates and writes nothing")
     floor = _consume_until(settings("floor"), NullSink(), config.events, ConsumerMetrics())
     log.info("consumer writing through Feast to %s", config.online_store)
-    full = _consume_until(settings("full"), FeastSink(store), config.events, ConsumerMetrics())
+    full = _consume_until(settings("full"), SequenceStore(store), config.events, ConsumerMetrics())
 
     steady_topic = f"{topic}.steady"
     ensure_topics(bootstrap, {steady_topic: config.partitions, f"{steady_topic}.dlq": 1})
@@ -160,7 +159,9 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
         preexec_fn=die_with_parent,
     )
     steady_metrics = ConsumerMetrics(freshness_samples_s=[])
-    steady = _consume_until(settings("steady", steady_topic), FeastSink(store), steady_events, steady_metrics)
+    steady = _consume_until(
+        settings("steady", steady_topic), SequenceStore(store), steady_events, steady_metrics
+    )
     producer.wait(timeout=60)
     freshness_ms = np.array(steady_metrics.freshness_samples_s) * 1000
 
