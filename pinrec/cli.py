@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from pinrec import stream_commands
@@ -143,6 +144,8 @@ def _run_local(args: argparse.Namespace, settings: LocalStackSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # kafka-python 3.0 uses importlib APIs that Python 3.11 deprecates; the warnings say nothing to users.
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"kafka\..*|importlib\..*")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

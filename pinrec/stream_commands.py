@@ -1,4 +1,8 @@
-"""`pinrec features apply`, `pinrec produce` and `pinrec consume`."""
+"""`pinrec features apply`, `pinrec produce` and `pinrec consume`.
+
+Heavy libraries (Feast, kafka-python) are imported inside the commands, so `pinrec --help` and
+`pinrec local ...` start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,6 @@ import signal
 import threading
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
-from pinrec.featurestore.schema import Vocabulary
-from pinrec.featurestore.store import FeatureStoreSettings, apply, open_store
 from pinrec.localstack.stack import LocalStack
 from pinrec.settings import LocalStackSettings
 
@@ -30,7 +30,9 @@ def resolve_bootstrap(given: str | None, settings: LocalStackSettings) -> str:
     )
 
 
-def store_settings(args: argparse.Namespace, settings: LocalStackSettings) -> FeatureStoreSettings:
+def store_settings(args: argparse.Namespace, settings: LocalStackSettings):
+    from pinrec.featurestore.store import FeatureStoreSettings
+
     redis_url = args.redis_url
     if args.online_store == "redis" and not redis_url and not settings.redis_url:
         redis = LocalStack(settings).status()["redis"]
@@ -96,11 +98,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_features(args: argparse.Namespace, settings: LocalStackSettings) -> int:
+    from pinrec.featurestore.store import apply
+
     apply(store_settings(args, settings))
     return 0
 
 
 def run_produce(args: argparse.Namespace, settings: LocalStackSettings) -> int:
+    from pinrec.featurestore.schema import Vocabulary
     from pinrec.stream.producer import produce
     from pinrec.stream.topics import ensure_topics
     from pinrec.stream.workload import event_log_stream, zipf_user_stream
@@ -125,7 +130,10 @@ def run_produce(args: argparse.Namespace, settings: LocalStackSettings) -> int:
 
 
 def run_consume(args: argparse.Namespace, settings: LocalStackSettings) -> int:
-    from pinrec.featurestore.store import SequenceStore
+    from prometheus_client import start_http_server
+
+    from pinrec.featurestore.schema import Vocabulary
+    from pinrec.featurestore.store import SequenceStore, open_store
     from pinrec.stream.consumer import ConsumerSettings, SequenceConsumer
     from pinrec.stream.events import EventLimits
     from pinrec.stream.metrics import ConsumerMetrics

@@ -139,8 +139,8 @@ class KafkaService(Service):
                 *java_cp,
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # "=" form: a random base64 id may start with "-", which a separate argument would not allow.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(config),
                 "--standalone",
