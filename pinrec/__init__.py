@@ -4,7 +4,18 @@ __version__ = "0.1.0"
 
 import os
 
-# Importing Feast sets PROMETHEUS_MULTIPROC_DIR when it is unset, which silently switches every
-# prometheus_client metric of the process to shared, file-backed values: two registries then share one
-# counter per name. An empty value keeps the ordinary in-process metrics; a value the user set is kept.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "")
+import prometheus_client.values
+
+
+def _keep_metrics_in_process() -> None:
+    """Importing Feast sets PROMETHEUS_MULTIPROC_DIR to a temporary folder of its own, and prometheus_client
+    chooses file-backed values shared by metric name (two registries then share one counter) when that
+    variable exists at its first import. Drop what Feast set (a parent process may have passed it down)
+    and import prometheus_client's value class first; a value the user set is kept."""
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"):
+        if os.path.basename(os.environ.get(name, "")).startswith("feast_metrics_"):
+            del os.environ[name]
+    prometheus_client.values.ValueClass = prometheus_client.values.get_value_class()
+
+
+_keep_metrics_in_process()
