@@ -56,7 +56,11 @@ class ConsumerRun:
 
 
 def _consume_until(
-    settings: ConsumerSettings, sink: SequenceSink, expected: int, metrics: ConsumerMetrics
+    settings: ConsumerSettings,
+    sink: SequenceSink,
+    expected: int,
+    metrics: ConsumerMetrics,
+    feeder: subprocess.Popen | None = None,
 ) -> ConsumerRun:
     """Run a consumer until it has read `expected` messages; timed from its start (group join included,
     which only makes the figure conservative) to the batch that completed the count."""
@@ -67,6 +71,9 @@ def _consume_until(
     thread.start()
     deadline = started + 1800
     while time.monotonic() < deadline and thread.is_alive() and metrics.consumed._value.get() < expected:
+        if feeder is not None and feeder.poll() not in (None, 0):
+            stop.set()
+            raise RuntimeError(f"the producer process failed (exit {feeder.returncode}); see its log")
         time.sleep(0.02)
     seconds = time.monotonic() - started
     stop.set()
@@ -131,6 +138,7 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
     ensure_topics(bootstrap, {steady_topic: config.partitions, f"{steady_topic}.dlq": 1})
     steady_events = int(config.steady_rate * config.steady_seconds)
     log.info("freshness at a steady %.0f events/s for %.0f s", config.steady_rate, config.steady_seconds)
+    producer_log = open(workdir / "steady-producer.log", "wb")  # noqa: SIM115 (closed after the phase)
     producer = subprocess.Popen(
         [
             sys.executable,
@@ -150,8 +158,8 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
             "--seed",
             "2",
         ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=producer_log,
+        stderr=subprocess.STDOUT,
         preexec_fn=die_with_parent,
     )
     steady_metrics = ConsumerMetrics(freshness_samples_s=[])
@@ -159,6 +167,7 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
         settings("steady", steady_topic), SequenceStore(store), steady_events, steady_metrics
     )
     producer.wait(timeout=60)
+    producer_log.close()
     freshness_ms = np.array(steady_metrics.freshness_samples_s) * 1000
 
     return {
