@@ -24,6 +24,7 @@ EVENT_LOG_SCHEMA = pa.schema(
         ("ts_ms", pa.int64()),
         ("query_id", pa.int64()),  # nullable: set on search
         ("subject_item_id", pa.int64()),  # nullable: set on related
+        ("session_id", pa.int64()),  # nullable: groups one visit of a surface (feed, results, related list)
     ]
 )
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
@@ -195,9 +196,9 @@ class SequenceConsumer:
         self.metrics.skipped.labels("unsequenced_action").inc(unsequenced)
         self.metrics.skipped.labels("duplicate").inc(len(events) - unsequenced - applied)
         self.metrics.written.inc(len(changed))
-        for sequence in changed:
-            for user_event in by_user[sequence.user_id]:
-                self.metrics.observe_freshness(max(0.0, written_at_ms - user_event.ts_ms) / 1000)
+        event_times_ms = [event.ts_ms for sequence in changed for event in by_user[sequence.user_id]]
+        freshness_ms = written_at_ms - np.asarray(event_times_ms, dtype=np.float64)
+        self.metrics.observe_freshness(np.maximum(freshness_ms, 0.0) / 1000)
 
     # --- steps --------------------------------------------------------------------------------------
 

@@ -6,8 +6,9 @@ names the field; the consumer sends it to the dead-letter topic with both in hea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+
+import orjson
 
 from pinrec.featurestore.schema import Vocabulary
 
@@ -59,7 +60,7 @@ class Event:
         }
         if context:
             body["context"] = context
-        return json.dumps(body, separators=(",", ":")).encode()
+        return orjson.dumps(body)
 
     @property
     def key(self) -> bytes:
@@ -71,6 +72,9 @@ def _id(body: dict, name: str, where: str = "") -> int:
     field = f"{where}{name}"
     if value is None:
         raise InvalidEvent("missing_field", f"{field} is required")
+    if isinstance(value, float) and value.is_integer() and not 0 <= value <= INT64_MAX:
+        # orjson reads integers beyond 64 bits as floats
+        raise InvalidEvent("out_of_range", f"{field} must be between 0 and 2^63-1, got {value:.0f}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidEvent("wrong_type", f"{field} must be an integer, got {type(value).__name__}")
     if not 0 <= value <= INT64_MAX:
@@ -98,8 +102,8 @@ def parse_event(
     if len(value) > limits.max_bytes:
         raise InvalidEvent("oversized", f"message is {len(value)} bytes, the limit is {limits.max_bytes}")
     try:
-        body = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
         raise InvalidEvent("malformed_json", f"not UTF-8 JSON: {error}") from None
     if not isinstance(body, dict):
         raise InvalidEvent("malformed_json", f"expected a JSON object, got {type(body).__name__}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -63,7 +64,22 @@ class ConsumerMetrics:
             registry=r,
         )
 
-    def observe_freshness(self, seconds: float) -> None:
-        self.freshness_seconds.observe(seconds)
+    def observe_freshness(self, seconds: np.ndarray) -> None:
+        """Record many freshness samples at once: the same counts as observe() on each, bucketed with numpy
+        (one observe() per event costs more than the rest of the consumer's bookkeeping)."""
+        observe_many(self.freshness_seconds, seconds)
         if self.freshness_samples_s is not None:
-            self.freshness_samples_s.append(seconds)
+            self.freshness_samples_s.extend(seconds.tolist())
+
+
+def observe_many(histogram: Histogram, values: np.ndarray) -> None:
+    """Histogram.observe for every value, in one pass. prometheus_client keeps one non-cumulative counter per
+    bucket (a value lands in the first bucket whose upper bound is >= it) plus a sum; so do we."""
+    if values.size == 0:
+        return
+    bounds = np.asarray(histogram._upper_bounds)
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
+    histogram._sum.inc(float(values.sum()))

@@ -3,6 +3,7 @@ activity, or a Parquet event log."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,7 @@ def event_log_stream(path: Path) -> Iterator[Event]:
     missing = [name for name in EVENT_LOG_SCHEMA.names if name not in table.column_names]
     if missing:
         raise ValueError(f"{path} is not an event log: columns {', '.join(missing)} are missing")
-    for batch in table.select(EVENT_LOG_SCHEMA.names).to_batches(max_chunksize=10_000):
+    fields = [f.name for f in dataclasses.fields(Event)]
+    for batch in table.select(fields).to_batches(max_chunksize=10_000):
         for row in batch.to_pylist():
             yield Event(**row)

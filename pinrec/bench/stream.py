@@ -61,6 +61,7 @@ def _consume_until(
     expected: int,
     metrics: ConsumerMetrics,
     feeder: subprocess.Popen | None = None,
+    feeder_log: Path | None = None,
 ) -> ConsumerRun:
     """Run a consumer until it has read `expected` messages; timed from its start (group join included,
     which only makes the figure conservative) to the batch that completed the count."""
@@ -78,7 +79,8 @@ def _consume_until(
     stop.set()
     thread.join(timeout=60)
     if feeder is not None and feeder.poll() not in (None, 0):
-        raise RuntimeError(f"the producer process failed (exit {feeder.returncode})")
+        tail = feeder_log.read_text(errors="replace")[-2000:] if feeder_log else ""
+        raise RuntimeError(f"the producer process failed (exit {feeder.returncode}):\n{tail}")
     consumed = metrics.consumed._value.get()
     if consumed < expected:
         raise RuntimeError(f"consumer read {consumed:,} of {expected:,} messages")
@@ -139,7 +141,8 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
     ensure_topics(bootstrap, {steady_topic: config.partitions, f"{steady_topic}.dlq": 1})
     steady_events = int(config.steady_rate * config.steady_seconds)
     log.info("freshness at a steady %.0f events/s for %.0f s", config.steady_rate, config.steady_seconds)
-    producer_log = open(workdir / "steady-producer.log", "wb")  # noqa: SIM115 (closed after the phase)
+    producer_log_path = workdir / "steady-producer.log"
+    producer_log = open(producer_log_path, "wb")  # noqa: SIM115 (closed after the phase)
     producer = subprocess.Popen(
         [
             sys.executable,
@@ -165,7 +168,12 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
     )
     steady_metrics = ConsumerMetrics(freshness_samples_s=[])
     steady = _consume_until(
-        settings("steady", steady_topic), SequenceStore(store), steady_events, steady_metrics
+        settings("steady", steady_topic),
+        SequenceStore(store),
+        steady_events,
+        steady_metrics,
+        feeder=producer,
+        feeder_log=producer_log_path,
     )
     producer.wait(timeout=60)
     producer_log.close()

@@ -1,0 +1,72 @@
+"""Protocol A (leave-one-out, full ranking): one next-item query per user, searched in the faiss index over
+every item embedding, items already in the user's history masked; HR@k and NDCG@k."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pinrec.model.index import IndexSettings, ItemIndex, build_index
+from pinrec.model.network import PinRecModel
+from pinrec.model.sequences import Examples, Histories, recent_histories
+
+CUTOFFS = (10, 20, 50)
+
+
+@torch.no_grad()
+def item_index(model: PinRecModel, settings: IndexSettings | None = None) -> ItemIndex:
+    """The index over every item's embedding; exact unless settings say otherwise (evaluation is exact)."""
+    model.eval()
+    return build_index(model.items.all_items().numpy(), settings or IndexSettings(kind="exact"))
+
+
+@torch.no_grad()
+def next_queries(
+    model: PinRecModel,
+    histories: Histories,
+    examples: Examples,
+    outcome: int,
+    surface: int,
+    head: str = "shared",
+    chunk: int = 1024,
+) -> np.ndarray:
+    """The "next" query (offset 0) after each example's history, for the given outcome and surface."""
+    model.eval()
+    out = np.zeros((len(examples), model.config.dim), dtype=np.float32)
+    # Similar lengths together: padding costs as much as real tokens.
+    order = np.argsort(examples.ends - histories.offsets[examples.rows], kind="stable")
+    for first in range(0, len(order), chunk):
+        part = order[first : first + chunk]
+        inputs = recent_histories(histories, examples.rows[part], examples.ends[part], model.config.max_len)
+        hidden, _ = model.encode(**inputs.to_dict())
+        last = hidden[:, -1]  # (B, C): histories are left-padded
+        conditions = [torch.full((len(part),), value, dtype=torch.long) for value in (outcome, surface, 0)]
+        out[part] = model.query(last, *conditions, head=head).numpy()
+    return out
+
+
+def leave_one_out_metrics(
+    index: ItemIndex, queries: np.ndarray, histories: Histories, examples: Examples, chunk: int = 2048
+) -> dict[str, float]:
+    """HR@k and NDCG@k of the single target of each example; every item of the user's whole history before
+    the target is masked (not only the model's max_len window)."""
+    ranks = np.full(len(examples), np.iinfo(np.int64).max)
+    for first in range(0, len(examples), chunk):
+        part = slice(first, first + chunk)
+        rows, ends, targets = examples.rows[part], examples.ends[part], examples.targets[part]
+        starts = histories.offsets[rows]
+        depth = int((ends - starts).max()) + max(CUTOFFS)
+        _, found = index.search(queries[part], depth)
+        for i in range(len(rows)):
+            seen = histories.items[starts[i] : ends[i]]
+            kept = found[i][(found[i] > 0) & ~np.isin(found[i], seen)][: max(CUTOFFS)]
+            hit = np.flatnonzero(kept == histories.items[targets[i]])
+            if len(hit):
+                ranks[first + i] = hit[0]
+    metrics = {}
+    for k in CUTOFFS:
+        inside = ranks < k
+        metrics[f"hr@{k}"] = float(inside.mean()) if len(ranks) else 0.0
+        gains = np.where(inside, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)
+        metrics[f"ndcg@{k}"] = float(gains.mean()) if len(ranks) else 0.0
+    return metrics

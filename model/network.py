@@ -1,0 +1,260 @@
+"""The PinRec network, top to bottom: input token (item tower, time features, action/surface/position
+embeddings), a causal pre-LN transformer with a KV cache, and the query head conditioned on outcome, surface
+and future time offset. SASRec is the same network with PinRec's parts switched off (see config.VARIANTS).
+
+Shapes: B batch, T tokens, P cached tokens, C width, H heads, V items.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pinrec.model.config import DAY_MS, ModelConfig
+
+WEEK_MS = 7 * DAY_MS
+GAP_FREQUENCIES = 8
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values (B, H, P, C/H)
+
+
+class TimeFeatures(nn.Module):
+    """Absolute time as sinusoids over a day and a week, and the gap to the previous interaction on a log
+    scale through sinusoids with learnable frequencies and phases (method §1)."""
+
+    out_dim = 4 + GAP_FREQUENCIES
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gap_frequency = nn.Parameter(torch.linspace(0.1, 2.0, GAP_FREQUENCIES))
+        self.gap_phase = nn.Parameter(torch.zeros(GAP_FREQUENCIES))
+
+    def forward(self, times_ms: torch.Tensor, previous_ms: torch.Tensor) -> torch.Tensor:
+        # Reduce modulo the period in int64 first: float32 cannot hold epoch milliseconds exactly.
+        day = (times_ms % DAY_MS).float() * (2 * math.pi / DAY_MS)
+        week = (times_ms % WEEK_MS).float() * (2 * math.pi / WEEK_MS)
+        gap = torch.log1p((times_ms - previous_ms).clamp(min=0).float() / 1000)  # (B, T), log seconds
+        gap_features = torch.sin(gap.unsqueeze(-1) * self.gap_frequency + self.gap_phase)
+        return torch.cat(
+            [
+                day.sin()[..., None],
+                day.cos()[..., None],
+                week.sin()[..., None],
+                week.cos()[..., None],
+                gap_features,
+            ],
+            dim=-1,
+        )  # (B, T, 4 + G)
+
+
+class ItemTower(nn.Module):
+    """item(i) = normalize(id(i) + MLP([content(i); id(i)])): a learned ID embedding (one table, or k hashed
+    tables whose slices are concatenated) refined by an MLP over the item's content features. The residual
+    keeps ID learning as fast as a plain table (our choice; the paper only says MLP over both)."""
+
+    def __init__(self, config: ModelConfig, content: torch.Tensor | None) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        if config.hash_tables:
+            buckets = config.hash_buckets or max(1024, config.num_items // 4)
+            width = dim // config.hash_tables
+            self.tables = nn.ModuleList(nn.Embedding(buckets, width) for _ in range(config.hash_tables))
+            # Fixed odd multipliers: k different hash functions of the item index.
+            self.register_buffer(
+                "hash_multipliers",
+                torch.tensor([2654435761 + 2 * i * 40503 for i in range(config.hash_tables)]),
+            )
+            self.id_embedding = None
+        else:
+            self.id_embedding = nn.Embedding(config.num_items + 1, dim, padding_idx=0)
+            nn.init.normal_(self.id_embedding.weight, std=0.02)
+        use_content = config.use_content and config.content_dim > 0 and content is not None
+        self.register_buffer("content", content.float() if use_content else None, persistent=use_content)
+        in_dim = dim + (config.content_dim if use_content else 0)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.LayerNorm(dim), nn.Linear(dim, dim))
+
+    def _ids(self, items: torch.Tensor) -> torch.Tensor:
+        if self.id_embedding is not None:
+            return self.id_embedding(items)
+        slices = [
+            table((items * multiplier) % table.num_embeddings)
+            for table, multiplier in zip(self.tables, self.hash_multipliers, strict=True)
+        ]
+        return torch.cat(slices, dim=-1)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        ids = self._ids(items)  # (..., C)
+        features = ids if self.content is None else torch.cat([ids, self.content[items]], dim=-1)
+        return F.normalize(ids + self.mlp(features), dim=-1)
+
+    def all_items(self, chunk: int = 65_536) -> torch.Tensor:
+        """Embeddings of items 1..V, (V, C), computed in chunks (the index is built from these)."""
+        ids = torch.arange(1, self.config.num_items + 1)
+        return torch.cat([self(part) for part in ids.split(chunk)])
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.qkv = nn.Linear(config.dim, 3 * config.dim)
+        self.proj = nn.Linear(config.dim, config.dim)
+        self.dropout = config.dropout
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (
+            t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v)
+        )  # (B, H, T, c)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, c)
+            v = torch.cat([past[1], v], dim=2)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, c)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y), (k, v)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (GPT-2 style)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.dim)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.dim, 4 * config.dim),
+            nn.GELU(),
+            nn.Linear(4 * config.dim, config.dim),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x, mask, past):
+        attended, cache = self.attn(self.ln_1(x), mask, past)
+        x = x + attended
+        return x + self.mlp(self.ln_2(x)), cache
+
+
+class QueryHead(nn.Module):
+    """q = normalize(MLP([h; E_outcome[o]; E_surface[s]; E_offset[d]])). Without outcome conditioning the
+    outcome and surface inputs are left out; without multi-token targets there is one offset ("next")."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        dim = config.dim
+        self.conditioned = config.outcome_conditioning
+        self.offset = nn.Embedding(len(config.offsets), dim)
+        if self.conditioned:
+            self.outcome = nn.Embedding(config.num_actions, dim)
+            self.surface = nn.Embedding(config.num_surfaces, dim)
+        in_dim = dim * (4 if self.conditioned else 2)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim)
+        )
+
+    def forward(
+        self, h: torch.Tensor, outcome: torch.Tensor, surface: torch.Tensor, offset: torch.Tensor
+    ) -> torch.Tensor:
+        parts = [h, self.offset(offset)]
+        if self.conditioned:
+            parts += [self.outcome(outcome), self.surface(surface)]
+        return F.normalize(h + self.mlp(torch.cat(parts, dim=-1)), dim=-1)  # (..., C)
+
+
+class PinRecModel(nn.Module):
+    """Backbone plus a shared head ("pretrain") and optional per-surface heads (finetuned)."""
+
+    def __init__(self, config: ModelConfig, content: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.items = ItemTower(config, content)
+        self.time = TimeFeatures() if config.time_features else None
+        token_in = dim + (TimeFeatures.out_dim if config.time_features else 0)
+        self.token = nn.Linear(token_in, dim)
+        self.action = nn.Embedding(config.num_actions, dim) if config.token_context else None
+        self.surface = nn.Embedding(config.num_surfaces, dim) if config.token_context else None
+        self.position = nn.Embedding(config.max_len + config.max_decode_steps, dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.heads = nn.ModuleDict({"shared": QueryHead(config)})
+
+    # --- input ----------------------------------------------------------------------------------------
+
+    def embed(
+        self,
+        item_vectors: torch.Tensor,  # (B, T, C) item tower outputs (or fed-back queries while decoding)
+        actions: torch.Tensor,  # (B, T)
+        surfaces: torch.Tensor,  # (B, T)
+        times_ms: torch.Tensor,  # (B, T) int64
+        previous_ms: torch.Tensor,  # (B, T) time of each token's predecessor (itself for the first)
+        positions: torch.Tensor,  # (B, T)
+    ) -> torch.Tensor:
+        parts = [item_vectors]
+        if self.time is not None:
+            parts.append(self.time(times_ms, previous_ms))
+        x = self.token(torch.cat(parts, dim=-1)) + self.position(positions)
+        if self.action is not None:
+            x = x + self.action(actions) + self.surface(surfaces)
+        return self.dropout(x)  # (B, T, C)
+
+    # --- backbone -------------------------------------------------------------------------------------
+
+    def backbone(
+        self, x: torch.Tensor, key_valid: torch.Tensor, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
+        """x (B, T, C) new tokens; key_valid (B, P + T) which cached and new tokens are real. Each new token
+        attends to the real tokens before it and to itself (so left padding never yields an empty row)."""
+        B, T, _ = x.shape
+        total = key_valid.shape[1]
+        past = total - T
+        query_at = torch.arange(past, total).view(T, 1)
+        key_at = torch.arange(total).view(1, total)
+        causal = key_at <= query_at  # (T, P + T)
+        mask = (causal & key_valid[:, None, :]) | (key_at == query_at)  # (B, T, P + T)
+        mask = mask[:, None]  # (B, 1, T, P + T)
+        new_cache: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, layer_cache = block(x, mask, cache[i] if cache is not None else None)
+            new_cache.append(layer_cache)
+        return self.ln_f(x), new_cache
+
+    def encode(
+        self,
+        items: torch.Tensor,  # (B, T) item indices, 0 = padding (histories are left-padded)
+        actions: torch.Tensor,
+        surfaces: torch.Tensor,
+        times_ms: torch.Tensor,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """Hidden states (B, T, C) of whole histories and the KV cache for decoding after them."""
+        valid = items > 0
+        positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+        previous = torch.cat([times_ms[:, :1], times_ms[:, :-1]], dim=1)
+        previous = torch.where(valid & (positions > 0), previous, times_ms)
+        x = self.embed(self.items(items), actions, surfaces, times_ms, previous, positions)
+        return self.backbone(x, valid)
+
+    def query(
+        self,
+        h: torch.Tensor,
+        outcome: torch.Tensor,
+        surface: torch.Tensor,
+        offset: torch.Tensor,
+        head: str = "shared",
+    ) -> torch.Tensor:
+        return self.heads[head](h, outcome, surface, offset)
+
+    def add_head(self, name: str) -> QueryHead:
+        """A new head for a surface, starting from the shared head's weights."""
+        head = QueryHead(self.config)
+        head.load_state_dict(self.heads["shared"].state_dict())
+        self.heads[name] = head
+        return head

@@ -1,0 +1,121 @@
+"""Pretraining: the backbone and the shared head learn from positive actions of every surface, each position
+predicting the next action and (multi-token) actions within future windows, conditioned on the target's
+outcome and surface. The SASRec baseline runs through the same function with PinRec's parts switched off."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pinrec.featurestore.schema import Vocabulary
+from pinrec.model.config import ModelConfig
+from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
+from pinrec.model.eventlog import EventLog
+from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
+from pinrec.model.network import PinRecModel
+from pinrec.model.sequences import (
+    Catalog,
+    Examples,
+    Histories,
+    TrainingBatch,
+    build_catalog,
+    build_histories,
+    positive_mask,
+    training_batches,
+)
+from pinrec.model.train import TrainConfig, TrainResult, fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    log: EventLog
+    vocabulary: Vocabulary
+    catalog: Catalog
+    histories: Histories
+
+    @property
+    def primary_outcome(self) -> int:
+        """The most frequent positive action: the outcome a single next-item query asks for."""
+        return int(np.bincount(self.histories.actions, minlength=len(self.vocabulary.actions)).argmax())
+
+    @property
+    def primary_surface(self) -> int:
+        return int(np.bincount(self.histories.surfaces, minlength=len(self.vocabulary.surfaces)).argmax())
+
+
+def prepare(event_log: EventLog, vocabulary: Vocabulary) -> PreparedData:
+    positives = positive_mask(event_log, vocabulary)
+    catalog = build_catalog(event_log, positives)
+    histories = build_histories(event_log, catalog, vocabulary, positives)
+    log.info(
+        "%s: %d positive actions of %d users over %d items",
+        event_log.name,
+        len(histories.items),
+        len(histories.user_ids),
+        catalog.size,
+    )
+    return PreparedData(event_log, vocabulary, catalog, histories)
+
+
+def new_model(config: ModelConfig, data: PreparedData, seed: int = 0) -> PinRecModel:
+    torch.manual_seed(seed)
+    content = torch.from_numpy(data.catalog.content) if data.catalog.content is not None else None
+    return PinRecModel(config, content)
+
+
+def base_config(data: PreparedData, **overrides) -> ModelConfig:
+    """The model configuration for a dataset: vocabulary and catalog sizes filled in."""
+    content_dim = data.catalog.content.shape[1] if data.catalog.content is not None else 0
+    return ModelConfig(
+        num_items=data.catalog.size,
+        num_actions=len(data.vocabulary.actions),
+        num_surfaces=len(data.vocabulary.surfaces),
+        content_dim=content_dim,
+        **overrides,
+    )
+
+
+def pretrain(
+    model: PinRecModel,
+    data: PreparedData,
+    train_ends: np.ndarray,
+    valid: Examples,
+    train_config: TrainConfig,
+    batch_users: int = 256,
+    checkpoint: Path | None = None,
+    name: str = "pretrain",
+) -> TrainResult:
+    config = model.config
+    log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts))
+    generator = torch.Generator().manual_seed(train_config.seed)
+
+    def batches(epoch: int):
+        rng = np.random.default_rng([train_config.seed, epoch])
+        return training_batches(data.histories, train_ends, config.offsets, config.max_len, batch_users, rng)
+
+    def step_loss(batch: TrainingBatch) -> torch.Tensor:
+        hidden, _ = model.encode(**batch.inputs.to_dict())  # (B, T, C)
+        b, t, k = (batch.targets > 0).nonzero(as_tuple=True)  # one prediction per (row, position, offset)
+        queries = model.query(hidden[b, t], batch.target_actions[b, t, k], batch.target_surfaces[b, t, k], k)
+        return sampled_softmax_loss(
+            queries,
+            batch.targets[b, t, k],
+            model.items,
+            log_frequency,
+            config.random_negatives,
+            config.temperature,
+            generator,
+        )
+
+    def validate() -> float:
+        index = item_index(model)
+        queries = next_queries(model, data.histories, valid, data.primary_outcome, data.primary_surface)
+        return leave_one_out_metrics(index, queries, data.histories, valid)["ndcg@10"]
+
+    return fit(model, model.parameters(), batches, step_loss, validate, train_config, checkpoint, name)

@@ -1,0 +1,167 @@
+"""The training loop shared by pretraining, finetuning and the SASRec baseline: AdamW with linear warmup,
+a validation metric after every epoch, early stopping on it with the best weights restored, a time budget,
+resumable checkpoints, a progress bar and a training-curve PNG."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100  # linear warmup, then constant
+    max_epochs: int = 200
+    patience: int = 5  # epochs without a better validation metric before stopping
+    time_budget_s: float | None = None  # stop (keeping the best weights) once training took this long
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = one per available CPU
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    best_metric: float
+    best_epoch: int
+    epochs: int
+    seconds: float
+    stopped_by: str  # "patience" | "time budget" | "max epochs"
+    curve: list[dict] = field(default_factory=list)  # per epoch: epoch, loss, metric, seconds
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_threads(threads: int = 0) -> int:
+    """Use the CPUs this process may run on (a container's quota shows in sched_getaffinity)."""
+    count = threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(count)
+    return count
+
+
+def fit(
+    module: nn.Module,
+    parameters: Iterable[nn.Parameter],
+    batches: Callable[[int], Iterable],  # epoch -> batches
+    step_loss: Callable[[object], torch.Tensor],
+    validate: Callable[[], float],  # higher is better
+    config: TrainConfig,
+    checkpoint: Path | None = None,
+    name: str = "train",
+) -> TrainResult:
+    set_threads(config.threads)
+    torch.manual_seed(config.seed)
+    parameters = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    )
+    state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "curve": [], "seconds": 0.0}
+    best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=True)
+        module.load_state_dict(saved["module"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        best_weights = saved["best_weights"]
+        state = saved["state"]
+        log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
+
+    stopped_by = "max epochs"
+    started = time.monotonic() - state["seconds"]
+    for epoch in range(state["epoch"], config.max_epochs):
+        module.train()
+        losses = []
+        bar = tqdm(batches(epoch), desc=f"{name} epoch {epoch + 1}", disable=not config.progress, leave=False)
+        for batch in bar:
+            loss = step_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        module.eval()
+        with torch.no_grad():
+            metric = validate()
+        elapsed = time.monotonic() - started
+        loss = sum(losses) / max(len(losses), 1)
+        state["curve"].append({"epoch": epoch + 1, "loss": loss, "metric": metric, "seconds": elapsed})
+        log.info("%s epoch %d: loss %.4f, validation %.4f (%.0f s)", name, epoch + 1, loss, metric, elapsed)
+        if metric > state["best_metric"]:
+            state["best_metric"], state["best_epoch"] = metric, epoch + 1
+            best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        state["epoch"], state["seconds"] = epoch + 1, elapsed
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, module, optimizer, schedule, best_weights, state)
+        if epoch + 1 - state["best_epoch"] >= config.patience:
+            stopped_by = "patience"
+            break
+        # Stop when one more epoch of the average length would overrun the budget.
+        if config.time_budget_s is not None and elapsed * (epoch + 2) / (epoch + 1) > config.time_budget_s:
+            stopped_by = "time budget"
+            break
+    module.load_state_dict(best_weights)
+    module.eval()
+    return TrainResult(
+        state["best_metric"],
+        state["best_epoch"],
+        state["epoch"],
+        state["seconds"],
+        stopped_by,
+        state["curve"],
+    )
+
+
+def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(
+        {
+            "module": module.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "best_weights": best_weights,
+            "state": state,
+        },
+        partial,
+    )
+    partial.replace(path)  # a crash mid-save never leaves a torn checkpoint
+
+
+def plot_curves(curves: dict[str, list[dict]], path: Path, metric_name: str) -> Path:
+    """Training loss and validation metric per epoch, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, curve in curves.items():
+        epochs = [point["epoch"] for point in curve]
+        loss_axis.plot(epochs, [point["loss"] for point in curve], label=label)
+        metric_axis.plot(epochs, [point["metric"] for point in curve], label=label)
+    loss_axis.set(xlabel="epoch", ylabel="training loss (sampled softmax)", title="Training loss")
+    metric_axis.set(xlabel="epoch", ylabel=metric_name, title=f"Validation {metric_name}")
+    for axis in (loss_axis, metric_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
