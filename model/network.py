@@ -186,6 +186,10 @@ class PinRecModel(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.ln_f = nn.LayerNorm(dim)
         self.heads = nn.ModuleDict({"shared": QueryHead(config)})
+        # GPT-2 style small initial embeddings: a unit-norm item vector must not drown in N(0, 1) noise.
+        for table in (self.position, self.action, self.surface):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
 
     # --- input ----------------------------------------------------------------------------------------
 

@@ -31,6 +31,15 @@ from pinrec.model.train import TrainConfig, TrainResult, fit
 
 log = logging.getLogger(__name__)
 
+VALIDATION_CASES = 8_000
+BATCH_TOKENS = 4_096  # tokens per training batch: long histories get fewer users per batch (ours)
+
+
+def users_per_batch(histories: Histories, train_ends: np.ndarray, max_len: int) -> int:
+    lengths = np.minimum(train_ends - histories.offsets[:-1], max_len + 1)
+    typical = float(lengths[lengths >= 2].mean()) if (lengths >= 2).any() else 1.0
+    return int(np.clip(BATCH_TOKENS // typical, 16, 256))
+
 
 @dataclass
 class PreparedData:
@@ -49,9 +58,11 @@ class PreparedData:
         return int(np.bincount(self.histories.surfaces, minlength=len(self.vocabulary.surfaces)).argmax())
 
 
-def prepare(event_log: EventLog, vocabulary: Vocabulary) -> PreparedData:
+def prepare(event_log: EventLog, vocabulary: Vocabulary, item_ids: np.ndarray | None = None) -> PreparedData:
+    """item_ids: the catalog of an existing artifact (its item indices must not move); items of the log that
+    it lacks are dropped."""
     positives = positive_mask(event_log, vocabulary)
-    catalog = build_catalog(event_log, positives)
+    catalog = build_catalog(event_log, positives, item_ids)
     histories = build_histories(event_log, catalog, vocabulary, positives)
     log.info(
         "%s: %d positive actions of %d users over %d items",
@@ -87,13 +98,20 @@ def pretrain(
     train_ends: np.ndarray,
     valid: Examples,
     train_config: TrainConfig,
-    batch_users: int = 256,
+    batch_users: int | None = None,
     checkpoint: Path | None = None,
     name: str = "pretrain",
 ) -> TrainResult:
     config = model.config
+    if len(valid) > VALIDATION_CASES:  # enough for early stopping, a few seconds per epoch
+        valid = valid.subset(
+            np.sort(
+                np.random.default_rng(train_config.seed).choice(len(valid), VALIDATION_CASES, replace=False)
+            )
+        )
     log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts))
     generator = torch.Generator().manual_seed(train_config.seed)
+    batch_users = batch_users or users_per_batch(data.histories, train_ends, config.max_len)
 
     def batches(epoch: int):
         rng = np.random.default_rng([train_config.seed, epoch])

@@ -56,9 +56,10 @@ class Histories:
         return row
 
 
-def build_catalog(log: EventLog, positives: np.ndarray) -> Catalog:
+def build_catalog(log: EventLog, positives: np.ndarray, item_ids: np.ndarray | None = None) -> Catalog:
     events = log.events
-    item_ids = np.unique(events["item_id"].to_numpy(dtype=np.int64))
+    if item_ids is None:
+        item_ids = np.unique(events["item_id"].to_numpy(dtype=np.int64))
     catalog = Catalog(item_ids, None, np.zeros(len(item_ids) + 1, dtype=np.int64))
     np.add.at(catalog.counts, catalog.index_of(events["item_id"].to_numpy(dtype=np.int64)[positives]), 1)
     if log.item_features is not None:

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pinrec import stream_commands
+from pinrec import model_commands, stream_commands
 from pinrec.settings import LocalStackSettings
 
 log = logging.getLogger("pinrec")
@@ -83,9 +83,12 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--rate", type=float, default=2_000, help="events/s of the freshness phase")
     stream.add_argument("--seconds", type=float, default=30, help="duration of the freshness phase")
     stream.add_argument("--json", type=Path, help="write the results here")
+    model_commands.add_bench_parser(kinds)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.kind == "model":
+        return model_commands.run_bench_model(args)
     from pinrec.bench.stream import StreamBenchConfig, run_stream_bench
 
     config = StreamBenchConfig(
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_local(subparsers)
     stream_commands.add_parsers(subparsers)
+    model_commands.add_parsers(subparsers)
     _add_bench(subparsers)
     _add_demo(subparsers)
     return parser
@@ -161,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_local(args, settings)
         if args.command in STREAM_COMMANDS:
             return STREAM_COMMANDS[args.command](args, settings)
+        if args.command in model_commands.COMMANDS:
+            return model_commands.COMMANDS[args.command](args)
         if args.command == "bench":
             return _run_bench(args)
         from pinrec.demo import run_demo
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_running=args.keep_running,
             install=not args.no_install,
         )
-    except (RuntimeError, ValueError, TimeoutError) as error:
+    except (RuntimeError, ValueError, TimeoutError, FileNotFoundError, FileExistsError) as error:
         log.error("%s", error)
         return 1
     except KeyboardInterrupt:

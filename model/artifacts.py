@@ -1,0 +1,139 @@
+"""Model artifacts (architecture §4.3): an immutable, versioned directory.
+
+    manifest.json          config, vocabularies, surfaces, outcomes, offsets, data fingerprint, metrics, index
+    backbone.safetensors   item tower, input embeddings, transformer
+    heads/<name>.safetensors   the shared (pretrain) head and one finetuned head per surface
+    items.npy              raw item id of each item index 1..V
+    item_embeddings.npy    (V, C) L2-normalised item vectors (what the index holds)
+    index.faiss            the faiss index over them
+
+Weights are safetensors (no unpickling); a directory is written under a temporary name and renamed, so a
+reader never sees a half-written artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from pinrec.featurestore.schema import Vocabulary
+from pinrec.model.config import ModelConfig
+from pinrec.model.index import IndexSettings, ItemIndex, build_index
+from pinrec.model.network import PinRecModel
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict
+    model: PinRecModel
+    item_ids: np.ndarray  # raw id of item index i + 1
+    index: ItemIndex
+    vocabulary: Vocabulary
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def heads(self) -> list[str]:
+        return list(self.model.heads.keys())
+
+
+def data_fingerprint(events: pd.DataFrame) -> str:
+    """A digest of the training events (identifies the data an artifact was trained on)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for column in ("user_id", "item_id", "ts_ms"):
+        digest.update(np.ascontiguousarray(events[column].to_numpy(dtype=np.int64)).tobytes())
+    digest.update("\n".join(events["action"].astype(str)).encode())
+    return digest.hexdigest()
+
+
+def save_artifact(
+    path: Path,
+    model: PinRecModel,
+    item_ids: np.ndarray,
+    vocabulary: Vocabulary,
+    fingerprint: str,
+    metrics: dict | None = None,
+    index_settings: IndexSettings | None = None,
+    extra: dict | None = None,
+) -> Path:
+    if path.exists():
+        raise FileExistsError(f"{path} exists; artifacts are immutable, choose a new directory")
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "heads").mkdir(parents=True)
+    model.eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("heads.")}
+    save_file(state, partial / "backbone.safetensors")
+    for name, head in model.heads.items():
+        save_file(
+            {k: v.contiguous() for k, v in head.state_dict().items()},
+            partial / "heads" / f"{name}.safetensors",
+        )
+    with torch.no_grad():
+        vectors = model.items.all_items().numpy()
+    index = build_index(vectors, index_settings or IndexSettings())
+    np.save(partial / "items.npy", np.asarray(item_ids, dtype=np.int64))
+    np.save(partial / "item_embeddings.npy", vectors)
+    faiss.write_index(index.index, str(partial / "index.faiss"))
+    manifest = {
+        "format": FORMAT_VERSION,
+        "version": f"{path.name}",
+        "created_unix": int(time.time()),
+        "config": model.config.to_dict(),
+        "actions": list(vocabulary.actions),
+        "surfaces": list(vocabulary.surfaces),
+        "unsequenced_actions": sorted(vocabulary.unsequenced_actions),
+        "outcomes": [a for a in vocabulary.actions if a not in vocabulary.unsequenced_actions],
+        "offsets_ms": list(model.config.offsets),
+        "heads": list(model.heads.keys()),
+        "items": len(item_ids),
+        "data_fingerprint": fingerprint,
+        "index": {"kind": index.kind, "recall_at_100": index.recall_at_100, "size": index.size},
+        "metrics": metrics or {},
+        **(extra or {}),
+    }
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    partial.rename(path)
+    return path
+
+
+def load_artifact(path: Path) -> Artifact:
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{path} is not a model artifact (no {MANIFEST}); train one with `pinrec train`"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    config = ModelConfig.from_dict(manifest["config"])
+    state = load_file(path / "backbone.safetensors")
+    content = state.get("items.content")
+    model = PinRecModel(config, content)
+    for name in manifest["heads"]:
+        if name != "shared":
+            model.add_head(name)
+        for key, value in load_file(path / "heads" / f"{name}.safetensors").items():
+            state[f"heads.{name}.{key}"] = value
+    model.load_state_dict(state)
+    model.eval()
+    index = faiss.read_index(str(path / "index.faiss"))
+    vocabulary = Vocabulary(
+        tuple(manifest["actions"]), tuple(manifest["surfaces"]), frozenset(manifest["unsequenced_actions"])
+    )
+    item_index = ItemIndex(index, manifest["index"]["kind"], manifest["index"]["recall_at_100"])
+    return Artifact(path, manifest, model, np.load(path / "items.npy"), item_index, vocabulary)

@@ -1,0 +1,182 @@
+"""Per-surface finetuning (method §6): a new head for one surface, trained on that surface's sessions. The
+history is the user's positive actions before the session; the session's engaged items are the positives
+(conditioned on their outcome); the items it showed but the user did not engage with are hard negatives.
+The backbone and item tower are frozen by default, so their outputs are computed once and only the head
+trains (seconds, not minutes)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
+from pinrec.model.network import PinRecModel
+from pinrec.model.pretrain import PreparedData
+from pinrec.model.sequences import recent_histories
+from pinrec.model.train import TrainConfig, TrainResult, fit
+
+log = logging.getLogger(__name__)
+
+MAX_HARD_NEGATIVES = 32  # per positive, the session's shown-but-not-engaged items (ours)
+
+
+@dataclass
+class SurfaceSessions:
+    """One row per engaged item in a session of the surface."""
+
+    rows: np.ndarray  # user row in Histories
+    ends: np.ndarray  # history = the user's positives before the session: [offsets[row], end)
+    targets: np.ndarray  # engaged item indices
+    outcomes: np.ndarray  # their action codes
+    hard_negatives: np.ndarray  # (N, H) shown-not-engaged item indices of the session, 0-padded
+    sessions: np.ndarray  # session ids (validation splits by session)
+
+
+def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> SurfaceSessions:
+    """Sessions of `surface` by the users at these Histories rows (held-out users excluded by the caller)."""
+    events = data.log.events
+    name = data.vocabulary.surfaces[surface]
+    on_surface = events[(events["surface"] == name) & events["session_id"].notna()]
+    on_surface = on_surface[on_surface["user_id"].isin(data.histories.user_ids[users])]
+    impression = on_surface["action"].isin(list(data.vocabulary.unsequenced_actions))
+    items = data.catalog.index_of(on_surface["item_id"].to_numpy(dtype=np.int64))
+    session_ids = on_surface["session_id"].to_numpy(dtype=np.int64)
+    shown: dict[int, set[int]] = {}
+    for session, item in zip(session_ids[impression.to_numpy()], items[impression.to_numpy()], strict=True):
+        shown.setdefault(session, set()).add(int(item))
+    engaged = on_surface[~impression]
+    engaged_items = items[~impression.to_numpy()]
+    engaged_sessions = session_ids[~impression.to_numpy()]
+    engaged_by_session: dict[int, set[int]] = {}
+    for session, item in zip(engaged_sessions, engaged_items, strict=True):
+        engaged_by_session.setdefault(session, set()).add(int(item))
+    session_start = on_surface.groupby("session_id")["ts_ms"].min()
+
+    histories = data.histories
+    rows = np.searchsorted(histories.user_ids, engaged["user_id"].to_numpy(dtype=np.int64))
+    starts = session_start.loc[engaged_sessions].to_numpy(dtype=np.int64)
+    ends = np.array(
+        [
+            histories.offsets[row]
+            + np.searchsorted(histories.times[histories.offsets[row] : histories.offsets[row + 1]], start)
+            for row, start in zip(rows, starts, strict=True)
+        ],
+        dtype=np.int64,
+    )
+    hard = np.zeros((len(engaged), MAX_HARD_NEGATIVES), dtype=np.int64)
+    for n, session in enumerate(engaged_sessions):
+        negatives = sorted(shown.get(session, set()) - engaged_by_session[session])[:MAX_HARD_NEGATIVES]
+        hard[n, : len(negatives)] = negatives
+    action_codes = {a: c for c, a in enumerate(data.vocabulary.actions)}
+    keep = ends > histories.offsets[rows]  # a session needs some history before it
+    return SurfaceSessions(
+        rows[keep],
+        ends[keep],
+        engaged_items[keep],
+        engaged["action"].map(action_codes).to_numpy(dtype=np.int64)[keep],
+        hard[keep],
+        engaged_sessions[keep],
+    )
+
+
+@torch.no_grad()
+def _hidden_states(model: PinRecModel, data: PreparedData, sessions: SurfaceSessions, chunk: int = 1024):
+    out = torch.zeros(len(sessions.rows), model.config.dim)
+    order = np.argsort(sessions.ends - data.histories.offsets[sessions.rows], kind="stable")
+    for first in range(0, len(order), chunk):
+        part = order[first : first + chunk]
+        inputs = recent_histories(
+            data.histories, sessions.rows[part], sessions.ends[part], model.config.max_len
+        )
+        hidden, _ = model.encode(**inputs.to_dict())
+        out[torch.from_numpy(part)] = hidden[:, -1]
+    return out
+
+
+def finetune_surface(
+    model: PinRecModel,
+    data: PreparedData,
+    surface: int,
+    users: np.ndarray,
+    train_config: TrainConfig,
+    batch_size: int = 1024,
+    valid_share: float = 0.1,
+    checkpoint: Path | None = None,
+) -> TrainResult:
+    """Add (or replace) the head named after the surface and train it with the backbone frozen."""
+    name = data.vocabulary.surfaces[surface]
+    sessions = surface_sessions(data, surface, users)
+    if len(sessions.rows) < 10:
+        raise ValueError(
+            f"surface {name!r} has {len(sessions.rows)} engaged items in sessions; too few to finetune"
+        )
+    model.eval()
+    hidden = _hidden_states(model, data, sessions)
+    with torch.no_grad():
+        item_table = torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])
+    head = model.add_head(name)
+    rng = np.random.default_rng(train_config.seed)
+    unique_sessions = np.unique(sessions.sessions)
+    valid_sessions = rng.choice(
+        unique_sessions, size=max(1, int(len(unique_sessions) * valid_share)), replace=False
+    )
+    is_valid = np.isin(sessions.sessions, valid_sessions)
+    train_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
+    log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts))
+    generator = torch.Generator().manual_seed(train_config.seed)
+    surface_codes = torch.full((batch_size,), surface)
+    targets = torch.from_numpy(sessions.targets)
+    outcomes = torch.from_numpy(sessions.outcomes)
+    hard = torch.from_numpy(sessions.hard_negatives)
+
+    def batches(epoch: int):
+        order = np.random.default_rng([train_config.seed, epoch]).permutation(train_rows)
+        return [torch.from_numpy(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+    def step_loss(batch: torch.Tensor) -> torch.Tensor:
+        n = len(batch)
+        queries = head(hidden[batch], outcomes[batch], surface_codes[:n], torch.zeros(n, dtype=torch.long))
+        return sampled_softmax_loss(
+            queries,
+            targets[batch],
+            lambda items: item_table[items],
+            log_frequency,
+            model.config.random_negatives,
+            model.config.temperature,
+            generator,
+            hard_negatives=hard[batch],
+        )
+
+    def validate() -> float:
+        """Mean reciprocal-rank-like score: how often the engaged item is in the top 10 of all items."""
+        rows = torch.from_numpy(valid_rows)
+        queries = head(
+            hidden[rows],
+            outcomes[rows],
+            torch.full((len(rows),), surface),
+            torch.zeros(len(rows), dtype=torch.long),
+        )
+        scores = queries @ item_table[1:].T
+        top = scores.topk(10, dim=1).indices + 1
+        return (top == targets[rows, None]).any(dim=1).float().mean().item()
+
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in head.parameters():
+        parameter.requires_grad_(True)
+    result = fit(
+        head, head.parameters(), batches, step_loss, validate, train_config, checkpoint, f"finetune {name}"
+    )
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    log.info(
+        "finetuned the %s head on %d engagements: validation hit@10 %.4f",
+        name,
+        len(train_rows),
+        result.best_metric,
+    )
+    return result

@@ -1,0 +1,198 @@
+"""Generation and retrieval (method §7), the same code for evaluation and for the server.
+
+1. Prefill the history once, keeping the KV cache.
+2. For each decode step emit one query per requested (outcome, offset); feed the "next" query of the
+   feedback outcome (the one with the largest share) back as the following token, with that outcome as its
+   action, the request's surface and the request time.
+3. Split the budget N across outcomes by their shares, and within an outcome evenly over its queries; merge
+   queries whose cosine similarity exceeds a threshold (their budgets add up).
+4. Search the index for every query with over-fetch, drop items already seen, take each query's share in
+   rank order, dedup, and keep for every item the outcome and step of the query that found it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pinrec.model.index import ItemIndex
+from pinrec.model.network import PinRecModel
+from pinrec.model.sequences import HistoryBatch
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    steps: int = 3  # decode steps (the paper: 3 unconditioned, 6 conditioned in production)
+    merge_threshold: float = 0.9  # merge queries more similar than this (cosine)
+    overfetch: float = 2.0  # fetch this many times a query's budget from the index (ours)
+
+
+@torch.no_grad()
+def generate_queries(
+    model: PinRecModel,
+    history: HistoryBatch,  # (B, T) left-padded
+    surface: int,
+    outcomes: list[int],  # outcome codes to condition on; the first is fed back
+    steps: int,
+    now_ms: torch.Tensor,  # (B,) request times
+    head: str = "shared",
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Queries (B, steps, O, K, C) for O outcomes and the model's K offsets. use_cache=False recomputes the
+    whole sequence at every step (the reference the KV cache must equal, and its speed baseline)."""
+    model.eval()
+    B = history.items.shape[0]
+    offsets = len(model.config.offsets)
+    n_outcomes = len(outcomes)
+    outcome_grid = torch.tensor(outcomes).view(1, n_outcomes, 1).expand(B, n_outcomes, offsets)
+    offset_grid = torch.arange(offsets).view(1, 1, offsets).expand(B, n_outcomes, offsets)
+    surface_grid = torch.full((B, n_outcomes, offsets), surface)
+
+    valid = history.items > 0
+    hidden, cache = model.encode(**history.to_dict())
+    last = hidden[:, -1]  # (B, C)
+    # Embedded history tokens, kept for the no-cache reference that re-runs everything each step.
+    tokens = [] if use_cache else [_history_tokens(model, history)]
+    length = valid.sum(dim=1)  # real tokens per row
+    previous = history.times[:, -1]
+    queries = []
+    for step in range(steps):
+        q = model.query(
+            last[:, None, None, :].expand(B, n_outcomes, offsets, -1),
+            outcome_grid,
+            surface_grid,
+            offset_grid,
+            head,
+        )
+        queries.append(q)  # (B, O, K, C)
+        if step == steps - 1:
+            break
+        time_ms = now_ms + step * 1000  # ours: fed-back tokens one second apart, at the request time
+        x = model.embed(
+            q[:, 0, 0, None, :],  # the "next" query of the feedback outcome stands in for an item
+            torch.full((B, 1), outcomes[0]),
+            torch.full((B, 1), surface),
+            time_ms[:, None],
+            previous[:, None],
+            (length + step).clamp(max=model.position.num_embeddings - 1)[:, None],
+        )  # (B, 1, C)
+        previous = time_ms
+        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)
+        if use_cache:
+            out, cache = model.backbone(x, valid, cache)
+        else:
+            tokens.append(x)
+            out, _ = model.backbone(torch.cat(tokens, dim=1), valid, None)
+        last = out[:, -1]
+    return torch.stack(queries, dim=1)  # (B, steps, O, K, C)
+
+
+def _history_tokens(model: PinRecModel, history: HistoryBatch) -> torch.Tensor:
+    """The embedded history exactly as encode() builds it (B, T, C)."""
+    valid = history.items > 0
+    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
+    previous = torch.cat([history.times[:, :1], history.times[:, :-1]], dim=1)
+    previous = torch.where(valid & (positions > 0), previous, history.times)
+    return model.embed(
+        model.items(history.items), history.actions, history.surfaces, history.times, previous, positions
+    )
+
+
+@dataclass
+class PlannedQuery:
+    vector: np.ndarray  # (C,)
+    budget: float  # items this query should contribute
+    outcome: int
+    step: int
+
+
+def plan_queries(
+    queries: np.ndarray,  # (steps, O, K, C) for one request
+    outcomes: list[int],
+    shares: list[float],  # per outcome, summing to 1
+    total: int,
+    merge_threshold: float,
+) -> list[PlannedQuery]:
+    steps, _, K, _ = queries.shape
+    planned: list[PlannedQuery] = []
+    for o, (outcome, share) in enumerate(zip(outcomes, shares, strict=True)):  # o indexes axis 1
+        if share <= 0:
+            continue
+        each = total * share / (steps * K)
+        for step in range(steps):
+            for k in range(K):
+                planned.append(PlannedQuery(queries[step, o, k], each, outcome, step))
+    return merge_similar(planned, merge_threshold)
+
+
+def merge_similar(planned: list[PlannedQuery], threshold: float) -> list[PlannedQuery]:
+    """Greedy: a query within `threshold` cosine of a kept one adds its budget to it (earlier steps and
+    larger budgets are kept first, so a merged query keeps the label of the earliest, largest one)."""
+    kept: list[PlannedQuery] = []
+    for query in sorted(planned, key=lambda q: (q.step, -q.budget)):
+        if kept:
+            similarity = np.stack([k.vector for k in kept]) @ query.vector
+            best = int(similarity.argmax())
+            if similarity[best] > threshold:
+                kept[best].budget += query.budget
+                continue
+        kept.append(PlannedQuery(query.vector, query.budget, query.outcome, query.step))
+    return kept
+
+
+@dataclass
+class Retrieved:
+    items: np.ndarray  # item indices, best first
+    scores: np.ndarray  # cosine of the query that found each item
+    outcomes: np.ndarray  # outcome code of that query
+    steps: np.ndarray  # decode step of that query
+    fetched: int  # items the queries retrieved before dedup (for the diversity share)
+    unique_fetched: int
+
+    @property
+    def unique_share(self) -> float:
+        """Diversity: share of unique items among everything the queries retrieved."""
+        return self.unique_fetched / self.fetched if self.fetched else 0.0
+
+
+def retrieve(
+    index: ItemIndex, planned: list[PlannedQuery], total: int, seen: np.ndarray, overfetch: float
+) -> Retrieved:
+    """Each query contributes its budget of unseen items in rank order (rounded so that the budgets sum to
+    total); an item found twice counts once, for the query that ranked it best; the list is ordered by
+    score."""
+    quotas = _round_budgets([q.budget for q in planned], total)
+    depth = int(math.ceil(max(quotas, default=0) * overfetch)) + len(seen)
+    scores, found = index.search(np.stack([q.vector for q in planned]), max(depth, 1))
+    best: dict[int, tuple[float, int]] = {}  # item -> (score, query)
+    fetched = []
+    for i, quota in enumerate(quotas):
+        fresh = (found[i] > 0) & ~np.isin(found[i], seen)
+        taken_items, taken_scores = found[i][fresh][:quota], scores[i][fresh][:quota]
+        fetched.append(taken_items)
+        for item, score in zip(taken_items.tolist(), taken_scores.tolist(), strict=True):
+            if item not in best or score > best[item][0]:
+                best[item] = (score, i)
+    ranked = sorted(best.items(), key=lambda entry: -entry[1][0])[:total]
+    all_fetched = np.concatenate(fetched) if fetched else np.zeros(0, dtype=np.int64)
+    return Retrieved(
+        items=np.array([item for item, _ in ranked], dtype=np.int64),
+        scores=np.array([score for _, (score, _) in ranked], dtype=np.float32),
+        outcomes=np.array([planned[q].outcome for _, (_, q) in ranked], dtype=np.int64),
+        steps=np.array([planned[q].step for _, (_, q) in ranked], dtype=np.int64),
+        fetched=len(all_fetched),
+        unique_fetched=len(np.unique(all_fetched)),
+    )
+
+
+def _round_budgets(budgets: list[float], total: int) -> list[int]:
+    """Integer quotas summing to total (largest remainders first)."""
+    floors = [int(math.floor(b)) for b in budgets]
+    short = total - sum(floors)
+    by_remainder = sorted(range(len(budgets)), key=lambda i: floors[i] - budgets[i])
+    for i in by_remainder[: max(short, 0)]:
+        floors[i] += 1
+    return floors

@@ -1,0 +1,240 @@
+"""`pinrec simulate`, `pinrec train`, `pinrec finetune`, `pinrec eval` and `pinrec bench model`.
+
+torch, faiss and pandas are imported inside the commands so that `pinrec --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    simulate = subparsers.add_parser(
+        "simulate",
+        help="write the synthetic multi-surface world as an event log (model/SIMULATION.md)",
+    )
+    simulate.add_argument(
+        "--out", type=Path, required=True, help="folder for events.parquet and items.parquet"
+    )
+    simulate.add_argument("--small", action="store_true", help="about 50k events instead of about 1M")
+    simulate.add_argument("--users", type=int, help="user count (default: 4000, or 420 with --small)")
+    simulate.add_argument("--items", type=int, help="catalog size (default: 20000, or 2000 with --small)")
+    simulate.add_argument("--days", type=int, help="simulated days (default: 30, or 14 with --small)")
+    simulate.add_argument("--seed", type=int, default=0)
+
+    train = subparsers.add_parser(
+        "train", help="pretrain the backbone and shared head on positive actions of all surfaces"
+    )
+    _data_option(train)
+    train.add_argument("--out", type=Path, required=True, help="new artifact directory (must not exist)")
+    train.add_argument(
+        "--variant", default="pinrec", help="pinrec | pinrec-oc | pinrec-unconditioned | sasrec"
+    )
+    _training_options(train)
+    for name, default, what in (
+        ("dim", 64, "model width"),
+        ("layers", 2, "transformer blocks"),
+        ("heads", 2, "attention heads"),
+        ("max-len", 50, "history tokens the model reads"),
+    ):
+        train.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default})")
+
+    finetune = subparsers.add_parser(
+        "finetune", help="train a new head for one surface on its impressions (backbone frozen)"
+    )
+    finetune.add_argument("--artifact", type=Path, required=True, help="the pretrained artifact")
+    _data_option(finetune)
+    finetune.add_argument("--surface", action="append", required=True, help="surface name (repeatable)")
+    finetune.add_argument("--out", type=Path, required=True, help="new artifact directory with the head(s)")
+    _training_options(finetune)
+
+    evaluate = subparsers.add_parser("eval", help="evaluate an artifact (protocol A or B/C) on an event log")
+    evaluate.add_argument("--artifact", type=Path, required=True)
+    _data_option(evaluate)
+    evaluate.add_argument("--protocol", choices=["loo", "future"], default="loo")
+    evaluate.add_argument("--json", type=Path, help="write the metrics here")
+
+
+def add_bench_parser(kinds: argparse._SubParsersAction) -> None:
+    bench = kinds.add_parser(
+        "model",
+        help="PinRec vs SASRec trained in the same run: protocol A (leave-one-out) or B/C (future windows)",
+    )
+    bench.add_argument(
+        "--dataset", type=Path, required=True, help="S3-Rec .txt, u.data, ratings.csv or event log"
+    )
+    bench.add_argument("--time-budget-min", type=float, default=20.0, help="training minutes per model")
+    bench.add_argument("--protocol", choices=["auto", "loo", "future"], default="auto")
+    bench.add_argument("--max-epochs", type=int, default=200)
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--out", type=Path, default=Path("bench-model"), help="folder for training curves")
+    bench.add_argument("--json", type=Path, help="write the results here")
+
+
+def _data_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="an event log folder (pinrec simulate), an S3-Rec .txt, MovieLens u.data or ratings.csv",
+    )
+
+
+def _training_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--time-budget-min", type=float, help="stop after this many minutes (best weights kept)"
+    )
+    parser.add_argument("--max-epochs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
+    parser.add_argument("--checkpoint", type=Path, help="resumable checkpoint file (resumes when present)")
+
+
+def _train_config(args: argparse.Namespace):
+    from pinrec.model.train import TrainConfig
+
+    budget = args.time_budget_min * 60 if args.time_budget_min else None
+    return TrainConfig(time_budget_s=budget, max_epochs=args.max_epochs, seed=args.seed, threads=args.threads)
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from pinrec.model.simulate import SimulationConfig, simulate
+
+    overrides = {k: v for k, v in (("users", args.users), ("items", args.items), ("days", args.days)) if v}
+    config = (
+        SimulationConfig.small(seed=args.seed, **overrides)
+        if args.small
+        else SimulationConfig(seed=args.seed, **overrides)
+    )
+    event_log = simulate(config)
+    event_log.write(args.out)
+    print(f"wrote {len(event_log.events):,} events of {event_log.num_users:,} users to {args.out}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pinrec.featurestore.schema import Vocabulary
+    from pinrec.model.artifacts import data_fingerprint, save_artifact
+    from pinrec.model.loaders import load_dataset
+    from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
+    from pinrec.model.sequences import leave_one_out
+    from pinrec.model.train import plot_curves
+
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
+    vocabulary = Vocabulary.from_env()
+    data = prepare(load_dataset(args.data, vocabulary), vocabulary)
+    split = leave_one_out(data.histories)  # the second-to-last action of each user validates
+    config = base_config(
+        data, dim=args.dim, layers=args.layers, heads=args.heads, max_len=args.max_len
+    ).with_variant(args.variant)
+    model = new_model(config, data, seed=args.seed)
+    result = pretrain(
+        model, data, split.train_ends, split.valid, _train_config(args), checkpoint=args.checkpoint
+    )
+    save_artifact(
+        args.out,
+        model,
+        data.catalog.item_ids,
+        vocabulary,
+        data_fingerprint(data.log.events),
+        metrics={"validation_ndcg@10": result.best_metric, "training": result.to_dict()},
+    )
+    plot_curves({args.variant: result.curve}, args.out / "training-curve.png", "NDCG@10")
+    print(f"wrote {args.out} (validation NDCG@10 {result.best_metric:.4f}, {result.seconds:.0f} s)")
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
+    from pinrec.model.finetune import finetune_surface
+    from pinrec.model.loaders import load_dataset
+    from pinrec.model.pretrain import prepare
+
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
+    artifact = load_artifact(args.artifact)
+    vocabulary = artifact.vocabulary
+    data = prepare(load_dataset(args.data, vocabulary), vocabulary, item_ids=artifact.item_ids)
+    unknown = [s for s in args.surface if s not in vocabulary.surfaces]
+    if unknown:
+        raise ValueError(
+            f"unknown surface {', '.join(unknown)}; the artifact has {', '.join(vocabulary.surfaces)}"
+        )
+    metrics = dict(artifact.manifest["metrics"])
+    every_user = np.arange(len(data.histories.user_ids))
+    for surface in args.surface:
+        result = finetune_surface(
+            artifact.model, data, vocabulary.surface_code(surface), every_user, _train_config(args)
+        )
+        metrics[f"finetune_{surface}_hit@10"] = result.best_metric
+    save_artifact(
+        args.out,
+        artifact.model,
+        artifact.item_ids,
+        vocabulary,
+        data_fingerprint(data.log.events),
+        metrics=metrics,
+    )
+    print(f"wrote {args.out} with heads {', '.join(artifact.model.heads.keys())}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pinrec.model.artifacts import load_artifact
+    from pinrec.model.evaluate import leave_one_out_metrics, next_queries
+    from pinrec.model.future_eval import future_window_metrics, outcome_control_metrics
+    from pinrec.model.loaders import load_dataset
+    from pinrec.model.pretrain import prepare
+    from pinrec.model.sequences import future_window, leave_one_out
+
+    artifact = load_artifact(args.artifact)
+    data = prepare(
+        load_dataset(args.data, artifact.vocabulary), artifact.vocabulary, item_ids=artifact.item_ids
+    )
+    model, index = artifact.model, artifact.index
+    if args.protocol == "loo":
+        test = leave_one_out(data.histories).test
+        queries = next_queries(model, data.histories, test, data.primary_outcome, data.primary_surface)
+        metrics = leave_one_out_metrics(index, queries, data.histories, test)
+    else:
+        test = future_window(data.histories, 7 * 86_400_000).test
+        counts = np.bincount(data.histories.actions, minlength=len(artifact.vocabulary.actions))
+        outcomes = [int(o) for o in np.flatnonzero(counts)]
+        shares = [float(counts[o] / counts.sum()) for o in outcomes]
+        metrics = future_window_metrics(
+            model, index, data.histories, test, outcomes, shares, data.primary_surface
+        )
+        metrics |= outcome_control_metrics(model, index, data.histories, test, outcomes, data.primary_surface)
+    text = json.dumps({"artifact": str(args.artifact), "protocol": args.protocol, **metrics}, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+def run_bench_model(args: argparse.Namespace) -> int:
+    from pinrec.bench.model import ModelBenchConfig, run_model_bench
+
+    config = ModelBenchConfig(
+        dataset=args.dataset,
+        protocol=args.protocol,
+        time_budget_min=args.time_budget_min,
+        out_dir=args.out,
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+    )
+    run_model_bench(config, args.json)
+    return 0
+
+
+COMMANDS = {"simulate": run_simulate, "train": run_train, "finetune": run_finetune, "eval": run_eval}

@@ -1,0 +1,208 @@
+"""The model's building blocks on small hand-made or simulated data: shapes, causality, the KV cache,
+the loss, the metrics, determinism, artifacts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pinrec.featurestore.schema import Vocabulary
+from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
+from pinrec.model.config import DAY_MS
+from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
+from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
+from pinrec.model.index import IndexSettings, build_index
+from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
+from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
+from pinrec.model.sequences import Examples, future_window, leave_one_out, recent_histories, training_batches
+from pinrec.model.simulate import SimulationConfig, simulate
+from pinrec.model.train import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare(
+        simulate(SimulationConfig.small(users=120, items=400, days=7), progress=False), Vocabulary()
+    )
+
+
+def _model(data, variant="pinrec", seed=0, **overrides):
+    config = base_config(data, dim=32, layers=2, heads=2, max_len=20, dropout=0.0, **overrides)
+    return new_model(config.with_variant(variant), data, seed=seed)
+
+
+def _inputs(data, users=4, length=12):
+    rows = np.arange(users)
+    ends = np.minimum(data.histories.offsets[rows] + length, data.histories.offsets[rows + 1])
+    return recent_histories(data.histories, rows, ends, 20)
+
+
+def test_shapes_of_hidden_states_and_queries(data):
+    model = _model(data)
+    inputs = _inputs(data)
+    hidden, cache = model.encode(**inputs.to_dict())
+    B, T = inputs.items.shape
+    assert hidden.shape == (B, T, 32)
+    assert len(cache) == 2 and cache[0][0].shape == (B, 2, T, 16)
+    queries = generate_queries(model, inputs, 0, [1, 2], steps=3, now_ms=inputs.times[:, -1] + 1)
+    assert queries.shape == (B, 3, 2, len(model.config.offsets), 32)
+    assert torch.allclose(queries.norm(dim=-1), torch.ones(()), atol=1e-5)
+
+
+def test_changing_later_tokens_never_changes_earlier_outputs(data):
+    model = _model(data)
+    inputs = _inputs(data, users=3, length=15)
+    before, _ = model.encode(**inputs.to_dict())
+    changed = inputs.to_dict()
+    changed["items"] = changed["items"].clone()
+    changed["items"][:, -3:] = torch.randint(1, data.catalog.size + 1, (3, 3))
+    changed["actions"] = changed["actions"].clone()
+    changed["actions"][:, -3:] = 2
+    after, _ = model.encode(**changed)
+    assert torch.allclose(before[:, :-3], after[:, :-3], atol=1e-5)
+    assert not torch.allclose(before[:, -1], after[:, -1], atol=1e-4)
+
+
+def test_kv_cache_decoding_equals_full_recomputation(data):
+    model = _model(data)
+    inputs = _inputs(data, users=5, length=17)
+    now = inputs.times[:, -1] + 1000
+    cached = generate_queries(model, inputs, 1, [2, 1], steps=4, now_ms=now, use_cache=True)
+    full = generate_queries(model, inputs, 1, [2, 1], steps=4, now_ms=now, use_cache=False)
+    assert torch.allclose(cached, full, atol=1e-5)
+
+
+def test_log_q_correction_on_a_hand_made_case():
+    # Two items, one query that scores both equally: with logQ the rarer item (sampled less) wins.
+    counts = torch.tensor([0, 99, 0])  # item 1 is popular, item 2 never seen
+    log_frequency = item_log_frequency(counts)
+    assert torch.allclose(log_frequency.exp().sum(), torch.tensor(1.0))
+    assert log_frequency[1] > log_frequency[2]
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    query = torch.tensor([[1.0, 0.0]])
+    loss_popular = sampled_softmax_loss(query, torch.tensor([1]), lambda i: vectors[i], log_frequency, 0, 1.0)
+    # Only the positive is a candidate: the loss is exactly zero whatever the correction.
+    assert loss_popular.item() == pytest.approx(0.0, abs=1e-6)
+    both = torch.tensor([1, 2])
+    losses = [
+        sampled_softmax_loss(query.repeat(2, 1), both, lambda i: vectors[i], log_frequency, 0, 1.0)
+        for _ in range(1)
+    ]
+    # Equal raw scores; the correction subtracts log Q, larger for the popular item, so item 2 is favoured
+    # for both queries: the mean loss is log(1 + e^d) / 2 + log(1 + e^-d) / 2 for d = the log Q difference.
+    n = 2
+    chance = 1 - (1 - log_frequency[both].exp()) ** n
+    d = float(torch.log(chance[0]) - torch.log(chance[1]))
+    expected = (math.log1p(math.exp(d)) + math.log1p(math.exp(-d))) / 2
+    assert losses[0].item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_random_draws_of_the_positive_are_not_negatives():
+    # A one-item catalog: every uniform draw is the positive itself, so nothing competes with it.
+    vectors = torch.eye(2)
+    log_frequency = item_log_frequency(torch.tensor([0, 5]))
+    generator = torch.Generator().manual_seed(0)
+    query = torch.tensor([[0.0, 1.0]])
+    loss = sampled_softmax_loss(
+        query, torch.tensor([1]), lambda i: vectors[i], log_frequency, 16, 1.0, generator
+    )
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hit_rate_and_ndcg_on_a_hand_made_ranking():
+    # Items 1..4 on the unit circle; each user's query points at a known item.
+    angles = np.array([0.0, 0.5, 1.0, 1.5])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    index = build_index(vectors, IndexSettings(kind="exact"))
+
+    class H:  # a Histories stand-in with two users: histories [1] and [2], targets 2 and 4
+        offsets = np.array([0, 2, 4])
+        items = np.array([1, 2, 2, 4])
+
+    examples = Examples(np.array([0, 1]), np.array([1, 3]), np.array([0, 1, 2]), np.array([1, 3]))
+    queries = vectors[[1, 0]]  # user 0 asks for item 2 (rank 1); user 1 for item 1 -> item 4 ranks 3rd
+    metrics = leave_one_out_metrics(index, queries, H, examples)
+    # User 1's candidates after masking item 2: 1, 3, 4 -> target at rank index 2.
+    assert metrics["hr@10"] == 1.0
+    assert metrics["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(4)) / 2)
+
+
+def test_merging_near_duplicate_queries_adds_budgets():
+    a = np.array([1.0, 0.0], dtype=np.float32)
+    b = np.array([0.995, 0.0998], dtype=np.float32)  # cosine ~0.995
+    c = np.array([0.0, 1.0], dtype=np.float32)
+    merged = merge_similar(
+        [PlannedQuery(a, 10, 1, 0), PlannedQuery(b, 5, 2, 1), PlannedQuery(c, 5, 1, 1)], 0.9
+    )
+    assert [q.budget for q in merged] == [15, 5]
+    assert merged[0].outcome == 1 and merged[0].step == 0
+
+
+def test_budget_split_follows_outcome_shares_and_excludes_seen_items(data):
+    model = _model(data)
+    index = item_index(model)
+    inputs = _inputs(data, users=1)
+    queries = generate_queries(model, inputs, 0, [1, 2], steps=2, now_ms=inputs.times[:, -1] + 1)[0].numpy()
+    planned = plan_queries(queries, [1, 2], [0.75, 0.25], 40, merge_threshold=1.01)  # no merging
+    assert sum(q.budget for q in planned) == pytest.approx(40)
+    assert sum(q.budget for q in planned if q.outcome == 1) == pytest.approx(30)
+    seen = inputs.items[0][inputs.items[0] > 0].numpy()
+    result = retrieve(index, planned, 40, seen, overfetch=2.0)
+    assert len(result.items) <= 40 and len(set(result.items.tolist())) == len(result.items)
+    assert not np.isin(result.items, seen).any()
+    assert 0 < result.unique_share <= 1
+
+
+def test_multi_token_targets_fall_inside_their_windows(data):
+    rng = np.random.default_rng(0)
+    offsets = (0, DAY_MS)
+    batch = next(training_batches(data.histories, data.histories.offsets[1:], offsets, 20, 8, rng))
+    valid = batch.inputs.items > 0
+    assert (batch.targets[..., 0][valid] > 0).float().mean() > 0.5  # most positions have a next item
+    assert (batch.targets[~valid] == 0).all()  # padding predicts nothing
+
+
+def test_training_is_deterministic_under_a_seed(data):
+    split = leave_one_out(data.histories)
+    results = []
+    for _ in range(2):
+        model = _model(data, seed=3)
+        pretrain(
+            model, data, split.train_ends, split.valid, TrainConfig(max_epochs=1, seed=3, progress=False)
+        )
+        results.append(next_queries(model, data.histories, split.test, 1, 0))
+    assert np.array_equal(results[0], results[1])
+
+
+def test_future_window_split_holds_users_out(data):
+    split = future_window(data.histories, 2 * DAY_MS, holdout_share=0.2, seed=0)
+    held = np.concatenate([split.valid.rows, split.test.rows])
+    starts = data.histories.offsets[:-1]
+    assert (split.train_ends[held] == starts[held]).all()  # never trained on
+    for i in range(len(split.test)):
+        targets = split.test.targets[split.test.target_offsets[i] : split.test.target_offsets[i + 1]]
+        assert (targets >= split.test.ends[i]).all()  # targets come after the cut
+
+
+def test_artifact_round_trip(data, tmp_path):
+    model = _model(data)
+    model.add_head("search")
+    path = save_artifact(
+        tmp_path / "v1", model, data.catalog.item_ids, data.vocabulary, data_fingerprint(data.log.events)
+    )
+    loaded = load_artifact(path)
+    assert loaded.heads == ["shared", "search"]
+    assert loaded.manifest["index"]["kind"] == "exact"
+    inputs = _inputs(data)
+    now = inputs.times[:, -1] + 1
+    for head in ("shared", "search"):
+        expected = generate_queries(model, inputs, 1, [1], 2, now, head)
+        assert torch.allclose(
+            generate_queries(loaded.model, inputs, 1, [1], 2, now, head), expected, atol=1e-6
+        )
+    assert np.array_equal(loaded.item_ids, data.catalog.item_ids)
+    with pytest.raises(FileExistsError):
+        save_artifact(path, model, data.catalog.item_ids, data.vocabulary, "x")
