@@ -44,6 +44,7 @@ class ModelConfig:
     # Future windows the multi-token head predicts: 0 means "the next engagement", otherwise a window (ms)
     # after the position's time in which any engaged item is a valid target.
     offsets_ms: tuple[int, ...] = (0, DAY_MS, 7 * DAY_MS)
+    sampled_windows: int = 1  # window targets trained per position and epoch (0: every window offset)
     temperature: float = 0.05  # the softmax's 1/lambda on cosine scores
     random_negatives: int = 2048  # uniformly sampled negatives per batch (besides in-batch positives)
     outcome_conditioning: bool = True  # the head takes the desired outcome (and surface) as input

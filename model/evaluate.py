@@ -50,6 +50,8 @@ def leave_one_out_metrics(
 ) -> dict[str, float]:
     """HR@k and NDCG@k of the single target of each example; every item of the user's whole history before
     the target is masked (not only the model's max_len window)."""
+    if len(examples.targets) != len(examples):
+        raise ValueError("leave-one-out metrics need exactly one target per case")
     ranks = np.full(len(examples), np.iinfo(np.int64).max)
     for first in range(0, len(examples), chunk):
         part = slice(first, first + chunk)

@@ -103,6 +103,7 @@ def pretrain(
     name: str = "pretrain",
 ) -> TrainResult:
     config = model.config
+    valid = valid.first_targets()  # early stopping watches the next item, whatever the protocol
     if len(valid) > VALIDATION_CASES:  # enough for early stopping, a few seconds per epoch
         valid = valid.subset(
             np.sort(
@@ -115,7 +116,15 @@ def pretrain(
 
     def batches(epoch: int):
         rng = np.random.default_rng([train_config.seed, epoch])
-        return training_batches(data.histories, train_ends, config.offsets, config.max_len, batch_users, rng)
+        return training_batches(
+            data.histories,
+            train_ends,
+            config.offsets,
+            config.max_len,
+            batch_users,
+            rng,
+            config.sampled_windows,
+        )
 
     def step_loss(batch: TrainingBatch) -> torch.Tensor:
         hidden, _ = model.encode(**batch.inputs.to_dict())  # (B, T, C)

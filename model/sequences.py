@@ -108,6 +108,11 @@ class Examples:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def first_targets(self) -> Examples:
+        """The same cases with only their first (earliest) target: the next-item view of a window."""
+        single = np.arange(len(self.rows) + 1, dtype=np.int64)
+        return Examples(self.rows, self.ends, single, self.targets[self.target_offsets[:-1]])
+
     def subset(self, keep: np.ndarray) -> Examples:
         groups = [self.targets[self.target_offsets[i] : self.target_offsets[i + 1]] for i in keep]
         sizes = np.array([len(g) for g in groups], dtype=np.int64)
@@ -256,11 +261,13 @@ def training_batches(
     max_len: int,
     batch_users: int,
     rng: np.random.Generator,
+    sampled_windows: int = 0,
 ) -> Iterator[TrainingBatch]:
     """One pass over the users in random order. Each user contributes a window of up to max_len + 1 of their
     training events ending at a random point (all of them when they fit); position j predicts event j + 1
-    ("next", offset 0) and, for each window offset, one event drawn uniformly from those within the window
-    after event j (multi-token targets; the draw changes every epoch)."""
+    ("next", offset 0) and, for each window offset (or `sampled_windows` of them drawn per position), one
+    event drawn uniformly from those within the window after event j (multi-token targets; the draws change
+    every epoch)."""
     starts = histories.offsets[:-1]
     rows = np.flatnonzero(train_ends - starts >= 2)
     for chosen in _length_bucketed(
@@ -277,12 +284,23 @@ def training_batches(
             column = width - len(positions) + np.arange(len(positions))
             for k, offset in enumerate(offsets_ms):
                 targets[i, column, k] = _future_targets(histories, positions, train_ends[row], offset, rng)
+        if sampled_windows and len(offsets_ms) > 1:
+            _keep_sampled_windows(targets, sampled_windows, rng)
         yield TrainingBatch(
             inputs,
             torch.from_numpy(np.where(targets > 0, histories.items[targets], 0)),
             torch.from_numpy(histories.actions[targets]),
             torch.from_numpy(histories.surfaces[targets]),
         )
+
+
+def _keep_sampled_windows(targets: np.ndarray, count: int, rng: np.random.Generator) -> None:
+    """Keep every next-item target (offset 0) and `count` window targets per position, drawn at random: the
+    loss then costs 1 + count predictions per position instead of K, and every window is still learnt."""
+    windows = targets.shape[2] - 1
+    scores = rng.random((*targets.shape[:2], windows))
+    threshold = np.sort(scores, axis=2)[..., min(count, windows) - 1 : min(count, windows)]
+    targets[..., 1:][scores > threshold] = 0
 
 
 def _length_bucketed(

@@ -44,7 +44,10 @@ def zipf_user_stream(
 
 
 def event_log_stream(path: Path) -> Iterator[Event]:
-    """The events of a Parquet event log (EVENT_LOG_SCHEMA), in file order."""
+    """The events of a Parquet event log (EVENT_LOG_SCHEMA), in file order; a folder written by
+    `pinrec simulate` stands for its events.parquet."""
+    if path.is_dir():
+        path = path / "events.parquet"
     table = pq.read_table(path)
     missing = [name for name in EVENT_LOG_SCHEMA.names if name not in table.column_names]
     if missing:
