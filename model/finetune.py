@@ -97,6 +97,46 @@ def _hidden_states(model: PinRecModel, data: PreparedData, sessions: SurfaceSess
     return out
 
 
+class _FrozenBackbone:
+    """Hidden states and item vectors computed once: only the head trains."""
+
+    def __init__(self, model: PinRecModel, data: PreparedData, sessions: SurfaceSessions) -> None:
+        model.eval()
+        self.hidden = _hidden_states(model, data, sessions)
+        with torch.no_grad():
+            self.table = torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])
+
+    def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.hidden[rows]
+
+    def items(self, items: torch.Tensor) -> torch.Tensor:
+        return self.table[items]
+
+    def all_items(self) -> torch.Tensor:
+        return self.table[1:]
+
+
+class _TrainedBackbone:
+    """Backbone and item tower train with the head (--unfreeze-backbone): recomputed every batch."""
+
+    def __init__(self, model: PinRecModel, data: PreparedData, sessions: SurfaceSessions) -> None:
+        self.model, self.data, self.sessions = model, data, sessions
+        self.items = model.items
+
+    def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
+        picked = rows.numpy()
+        inputs = recent_histories(
+            self.data.histories,
+            self.sessions.rows[picked],
+            self.sessions.ends[picked],
+            self.model.config.max_len,
+        )
+        return self.model.encode(**inputs.to_dict())[0][:, -1]
+
+    def all_items(self) -> torch.Tensor:
+        return self.model.items.all_items()
+
+
 def finetune_surface(
     model: PinRecModel,
     data: PreparedData,
@@ -106,18 +146,16 @@ def finetune_surface(
     batch_size: int = 1024,
     valid_share: float = 0.1,
     checkpoint: Path | None = None,
+    freeze_backbone: bool = True,
 ) -> TrainResult:
-    """Add (or replace) the head named after the surface and train it with the backbone frozen."""
+    """Add (or replace) the head named after the surface and train it, with the backbone frozen by default."""
     name = data.vocabulary.surfaces[surface]
     sessions = surface_sessions(data, surface, users)
     if len(sessions.rows) < 10:
         raise ValueError(
             f"surface {name!r} has {len(sessions.rows)} engaged items in sessions; too few to finetune"
         )
-    model.eval()
-    hidden = _hidden_states(model, data, sessions)
-    with torch.no_grad():
-        item_table = torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])
+    backbone = (_FrozenBackbone if freeze_backbone else _TrainedBackbone)(model, data, sessions)
     head = model.add_head(name)
     rng = np.random.default_rng(train_config.seed)
     unique_sessions = np.unique(sessions.sessions)
@@ -128,22 +166,24 @@ def finetune_surface(
     train_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
     log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts))
     generator = torch.Generator().manual_seed(train_config.seed)
-    surface_codes = torch.full((batch_size,), surface)
     targets = torch.from_numpy(sessions.targets)
     outcomes = torch.from_numpy(sessions.outcomes)
     hard = torch.from_numpy(sessions.hard_negatives)
+
+    def queries_of(rows: torch.Tensor) -> torch.Tensor:
+        n = len(rows)
+        conditions = (outcomes[rows], torch.full((n,), surface), torch.zeros(n, dtype=torch.long))
+        return head(backbone.hidden_of(rows), *conditions)
 
     def batches(epoch: int):
         order = np.random.default_rng([train_config.seed, epoch]).permutation(train_rows)
         return [torch.from_numpy(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
-        n = len(batch)
-        queries = head(hidden[batch], outcomes[batch], surface_codes[:n], torch.zeros(n, dtype=torch.long))
         return sampled_softmax_loss(
-            queries,
+            queries_of(batch),
             targets[batch],
-            lambda items: item_table[items],
+            backbone.items,
             log_frequency,
             model.config.random_negatives,
             model.config.temperature,
@@ -152,24 +192,25 @@ def finetune_surface(
         )
 
     def validate() -> float:
-        """Mean reciprocal-rank-like score: how often the engaged item is in the top 10 of all items."""
+        """How often the engaged item is in the top 10 of all items, on held-out sessions."""
         rows = torch.from_numpy(valid_rows)
-        queries = head(
-            hidden[rows],
-            outcomes[rows],
-            torch.full((len(rows),), surface),
-            torch.zeros(len(rows), dtype=torch.long),
-        )
-        scores = queries @ item_table[1:].T
-        top = scores.topk(10, dim=1).indices + 1
+        top = (queries_of(rows) @ backbone.all_items().T).topk(10, dim=1).indices + 1
         return (top == targets[rows, None]).any(dim=1).float().mean().item()
 
+    trained = head if freeze_backbone else model
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    for parameter in head.parameters():
+    for parameter in trained.parameters():
         parameter.requires_grad_(True)
     result = fit(
-        head, head.parameters(), batches, step_loss, validate, train_config, checkpoint, f"finetune {name}"
+        trained,
+        trained.parameters(),
+        batches,
+        step_loss,
+        validate,
+        train_config,
+        checkpoint,
+        f"finetune {name}",
     )
     for parameter in model.parameters():
         parameter.requires_grad_(True)

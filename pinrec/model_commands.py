@@ -41,6 +41,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         ("layers", 2, "transformer blocks"),
         ("heads", 2, "attention heads"),
         ("max-len", 50, "history tokens the model reads"),
+        ("hash-tables", 0, "hash item ids into this many smaller tables (0: one table per item)"),
     ):
         train.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default})")
 
@@ -51,6 +52,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _data_option(finetune)
     finetune.add_argument("--surface", action="append", required=True, help="surface name (repeatable)")
     finetune.add_argument("--out", type=Path, required=True, help="new artifact directory with the head(s)")
+    finetune.add_argument(
+        "--unfreeze-backbone",
+        action="store_true",
+        help="train the backbone and item tower too (changes every surface's results; default: frozen)",
+    )
     _training_options(finetune)
 
     evaluate = subparsers.add_parser("eval", help="evaluate an artifact (protocol A or B/C) on an event log")
@@ -131,7 +137,12 @@ def run_train(args: argparse.Namespace) -> int:
     data = prepare(load_dataset(args.data, vocabulary), vocabulary)
     split = leave_one_out(data.histories)  # the second-to-last action of each user validates
     config = base_config(
-        data, dim=args.dim, layers=args.layers, heads=args.heads, max_len=args.max_len
+        data,
+        dim=args.dim,
+        layers=args.layers,
+        heads=args.heads,
+        max_len=args.max_len,
+        hash_tables=args.hash_tables,
     ).with_variant(args.variant)
     model = new_model(config, data, seed=args.seed)
     result = pretrain(
@@ -172,7 +183,12 @@ def run_finetune(args: argparse.Namespace) -> int:
     every_user = np.arange(len(data.histories.user_ids))
     for surface in args.surface:
         result = finetune_surface(
-            artifact.model, data, vocabulary.surface_code(surface), every_user, _train_config(args)
+            artifact.model,
+            data,
+            vocabulary.surface_code(surface),
+            every_user,
+            _train_config(args),
+            freeze_backbone=not args.unfreeze_backbone,
         )
         metrics[f"finetune_{surface}_hit@10"] = result.best_metric
     save_artifact(

@@ -13,6 +13,7 @@ from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
 from pinrec.model.config import DAY_MS
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
+from pinrec.model.finetune import finetune_surface
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
 from pinrec.model.index import IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
@@ -50,6 +51,14 @@ def test_shapes_of_hidden_states_and_queries(data):
     queries = generate_queries(model, inputs, 0, [1, 2], steps=3, now_ms=inputs.times[:, -1] + 1)
     assert queries.shape == (B, 3, 2, len(model.config.offsets), 32)
     assert torch.allclose(queries.norm(dim=-1), torch.ones(()), atol=1e-5)
+
+
+def test_hashed_item_tables_give_unit_item_vectors(data):
+    model = _model(data, hash_tables=4, hash_buckets=64)
+    vectors = model.items.all_items()
+    assert vectors.shape == (data.catalog.size, 32)
+    assert torch.allclose(vectors.norm(dim=-1), torch.ones(()), atol=1e-5)
+    assert sum(p.numel() for p in model.items.tables.parameters()) == 4 * 64 * 8  # k tables of width dim/k
 
 
 def test_changing_later_tokens_never_changes_earlier_outputs(data):
@@ -206,3 +215,17 @@ def test_artifact_round_trip(data, tmp_path):
     assert np.array_equal(loaded.item_ids, data.catalog.item_ids)
     with pytest.raises(FileExistsError):
         save_artifact(path, model, data.catalog.item_ids, data.vocabulary, "x")
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_finetuning_adds_a_surface_head_and_freezes_the_backbone_by_default(data, frozen):
+    model = _model(data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    users = np.arange(len(data.histories.user_ids))
+    config = TrainConfig(max_epochs=1, progress=False, threads=1)
+    result = finetune_surface(model, data, 1, users, config, freeze_backbone=frozen)
+    assert "search" in model.heads and 0 <= result.best_metric <= 1
+    after = model.state_dict()
+    assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"]) == frozen
+    assert torch.equal(before["heads.shared.mlp.1.weight"], after["heads.shared.mlp.1.weight"])  # untouched
+    assert not torch.equal(before["heads.shared.mlp.1.weight"], after["heads.search.mlp.1.weight"])
