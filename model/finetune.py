@@ -34,6 +34,8 @@ class SurfaceSessions:
     outcomes: np.ndarray  # their action codes
     hard_negatives: np.ndarray  # (N, H) shown-not-engaged item indices of the session, 0-padded
     sessions: np.ndarray  # session ids (validation splits by session)
+    gaps_ms: np.ndarray  # time from the last history action to the engagement
+    first: np.ndarray  # bool: the session's first engagement (the "next" action after the history)
 
 
 def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> SurfaceSessions:
@@ -73,6 +75,9 @@ def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> Sur
         hard[n, : len(negatives)] = negatives
     action_codes = {a: c for c, a in enumerate(data.vocabulary.actions)}
     keep = ends > histories.offsets[rows]  # a session needs some history before it
+    engaged_times = engaged["ts_ms"].to_numpy(dtype=np.int64)
+    first = engaged_times == engaged.groupby("session_id")["ts_ms"].transform("min").to_numpy(dtype=np.int64)
+    gaps = engaged_times - histories.times[np.maximum(ends - 1, 0)]
     return SurfaceSessions(
         rows[keep],
         ends[keep],
@@ -80,7 +85,26 @@ def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> Sur
         engaged["action"].map(action_codes).to_numpy(dtype=np.int64)[keep],
         hard[keep],
         engaged_sessions[keep],
+        gaps[keep],
+        first[keep],
     )
+
+
+def allowed_offsets(sessions: SurfaceSessions, offsets_ms: tuple[int, ...]) -> np.ndarray:
+    """(N, K) which of the head's offsets each engagement is a valid target for: "next" for the session's
+    first engagement, a window when the engagement falls within it after the last history action (as in
+    pretraining). An engagement valid for none (far after the history) trains "next"."""
+    allowed = np.stack(
+        [sessions.first if offset == 0 else sessions.gaps_ms <= offset for offset in offsets_ms], axis=1
+    )
+    allowed[~allowed.any(axis=1), 0] = True
+    return allowed
+
+
+def draw_offsets(allowed: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """One allowed offset per engagement, uniformly."""
+    scores = np.where(allowed, rng.random(allowed.shape), -1.0)
+    return torch.from_numpy(scores.argmax(axis=1))
 
 
 @torch.no_grad()
@@ -169,19 +193,27 @@ def finetune_surface(
     targets = torch.from_numpy(sessions.targets)
     outcomes = torch.from_numpy(sessions.outcomes)
     hard = torch.from_numpy(sessions.hard_negatives)
+    # The head answers for every offset, so it is finetuned on every offset an engagement is valid for.
+    allowed = allowed_offsets(sessions, model.config.offsets)
+    valid_offsets = draw_offsets(allowed, np.random.default_rng(train_config.seed))
 
-    def queries_of(rows: torch.Tensor) -> torch.Tensor:
-        n = len(rows)
-        conditions = (outcomes[rows], torch.full((n,), surface), torch.zeros(n, dtype=torch.long))
+    def queries_of(rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        conditions = (outcomes[rows], torch.full((len(rows),), surface), offsets)
         return head(backbone.hidden_of(rows), *conditions)
 
     def batches(epoch: int):
-        order = np.random.default_rng([train_config.seed, epoch]).permutation(train_rows)
-        return [torch.from_numpy(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        rng = np.random.default_rng([train_config.seed, epoch])
+        offsets = draw_offsets(allowed, rng)
+        order = rng.permutation(train_rows)
+        return [
+            (torch.from_numpy(rows), offsets[rows])
+            for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        ]
 
-    def step_loss(batch: torch.Tensor) -> torch.Tensor:
+    def step_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        batch, offsets = batch
         return sampled_softmax_loss(
-            queries_of(batch),
+            queries_of(batch, offsets),
             targets[batch],
             backbone.items,
             log_frequency,
@@ -194,7 +226,7 @@ def finetune_surface(
     def validate() -> float:
         """How often the engaged item is in the top 10 of all items, on held-out sessions."""
         rows = torch.from_numpy(valid_rows)
-        top = (queries_of(rows) @ backbone.all_items().T).topk(10, dim=1).indices + 1
+        top = (queries_of(rows, valid_offsets[rows]) @ backbone.all_items().T).topk(10, dim=1).indices + 1
         return (top == targets[rows, None]).any(dim=1).float().mean().item()
 
     trained = head if freeze_backbone else model

@@ -13,7 +13,7 @@ from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
 from pinrec.model.config import DAY_MS
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
-from pinrec.model.finetune import finetune_surface
+from pinrec.model.finetune import SurfaceSessions, allowed_offsets, draw_offsets, finetune_surface
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
 from pinrec.model.index import IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
@@ -229,3 +229,22 @@ def test_finetuning_adds_a_surface_head_and_freezes_the_backbone_by_default(data
     assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"]) == frozen
     assert torch.equal(before["heads.shared.mlp.1.weight"], after["heads.shared.mlp.1.weight"])  # untouched
     assert not torch.equal(before["heads.shared.mlp.1.weight"], after["heads.search.mlp.1.weight"])
+
+
+def test_finetuning_offsets_follow_the_pretraining_windows():
+    hour = 3_600_000
+    sessions = SurfaceSessions(
+        *(np.zeros(3, dtype=np.int64) for _ in range(4)),
+        np.zeros((3, 1), dtype=np.int64),
+        np.zeros(3, dtype=np.int64),
+        gaps_ms=np.array([hour // 6, 2 * hour, 240 * hour]),
+        first=np.array([True, False, False]),
+    )
+    allowed = allowed_offsets(sessions, (0, hour, 24 * hour, 168 * hour))
+    assert allowed.tolist() == [
+        [True, True, True, True],  # the first engagement, 10 minutes after the history
+        [False, False, True, True],  # two hours later: the day and week windows
+        [True, False, False, False],  # ten days later: in no window, trained as "next"
+    ]
+    drawn = draw_offsets(allowed, np.random.default_rng(0)).numpy()
+    assert allowed[np.arange(3), drawn].all()
