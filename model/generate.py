@@ -55,7 +55,7 @@ def generate_queries(
     hidden, cache = model.encode(**history.to_dict())
     last = hidden[:, -1]  # (B, C)
     # Embedded history tokens, kept for the no-cache reference that re-runs everything each step.
-    tokens = [] if use_cache else [_history_tokens(model, history)]
+    tokens = [] if use_cache else [model.embed_history(**history.to_dict())]
     length = valid.sum(dim=1)  # real tokens per row
     previous = history.times[:, -1]
     queries = []
@@ -88,17 +88,6 @@ def generate_queries(
             out, _ = model.backbone(torch.cat(tokens, dim=1), valid, None)
         last = out[:, -1]
     return torch.stack(queries, dim=1)  # (B, steps, O, K, C)
-
-
-def _history_tokens(model: PinRecModel, history: HistoryBatch) -> torch.Tensor:
-    """The embedded history exactly as encode() builds it (B, T, C)."""
-    valid = history.items > 0
-    positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
-    previous = torch.cat([history.times[:, :1], history.times[:, :-1]], dim=1)
-    previous = torch.where(valid & (positions > 0), previous, history.times)
-    return model.embed(
-        model.items(history.items), history.actions, history.surfaces, history.times, previous, positions
-    )
 
 
 @dataclass

@@ -239,12 +239,19 @@ class PinRecModel(nn.Module):
         times_ms: torch.Tensor,
     ) -> tuple[torch.Tensor, KVCache]:
         """Hidden states (B, T, C) of whole histories and the KV cache for decoding after them."""
+        x = self.embed_history(items, actions, surfaces, times_ms)
+        return self.backbone(x, items > 0)
+
+    def embed_history(
+        self, items: torch.Tensor, actions: torch.Tensor, surfaces: torch.Tensor, times_ms: torch.Tensor
+    ) -> torch.Tensor:
+        """Input tokens (B, T, C) of left-padded histories: positions count real tokens, and each token's
+        predecessor time is the previous real token's (its own for the first)."""
         valid = items > 0
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         previous = torch.cat([times_ms[:, :1], times_ms[:, :-1]], dim=1)
         previous = torch.where(valid & (positions > 0), previous, times_ms)
-        x = self.embed(self.items(items), actions, surfaces, times_ms, previous, positions)
-        return self.backbone(x, valid)
+        return self.embed(self.items(items), actions, surfaces, times_ms, previous, positions)
 
     def query(
         self,

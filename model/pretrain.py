@@ -53,6 +53,12 @@ class PreparedData:
         """The most frequent positive action: the outcome a single next-item query asks for."""
         return int(np.bincount(self.histories.actions, minlength=len(self.vocabulary.actions)).argmax())
 
+    def outcome_mix(self) -> tuple[list[int], list[float]]:
+        """The positive outcomes present and their shares: the default outcome budget of a request."""
+        counts = np.bincount(self.histories.actions, minlength=len(self.vocabulary.actions))
+        outcomes = [int(code) for code in np.flatnonzero(counts)]
+        return outcomes, [float(counts[o] / counts.sum()) for o in outcomes]
+
     @property
     def primary_surface(self) -> int:
         return int(np.bincount(self.histories.surfaces, minlength=len(self.vocabulary.surfaces)).argmax())

@@ -204,9 +204,8 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from pinrec.model.artifacts import load_artifact
+    from pinrec.model.config import DAY_MS
     from pinrec.model.evaluate import leave_one_out_metrics, next_queries
     from pinrec.model.future_eval import future_window_metrics, outcome_control_metrics
     from pinrec.model.loaders import load_dataset
@@ -223,10 +222,8 @@ def run_eval(args: argparse.Namespace) -> int:
         queries = next_queries(model, data.histories, test, data.primary_outcome, data.primary_surface)
         metrics = leave_one_out_metrics(index, queries, data.histories, test)
     else:
-        test = future_window(data.histories, 7 * 86_400_000).test
-        counts = np.bincount(data.histories.actions, minlength=len(artifact.vocabulary.actions))
-        outcomes = [int(o) for o in np.flatnonzero(counts)]
-        shares = [float(counts[o] / counts.sum()) for o in outcomes]
+        test = future_window(data.histories, 7 * DAY_MS).test
+        outcomes, shares = data.outcome_mix()
         metrics = future_window_metrics(
             model, index, data.histories, test, outcomes, shares, data.primary_surface
         )

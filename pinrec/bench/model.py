@@ -133,9 +133,7 @@ def _leave_one_out(
 
 def _future(config: ModelBenchConfig, data: PreparedData, name: str, train_config: TrainConfig) -> dict:
     split = future_window(data.histories, config.window_ms, seed=config.seed)
-    outcome_counts = np.bincount(data.histories.actions, minlength=len(data.vocabulary.actions))
-    outcomes = [int(code) for code in np.flatnonzero(outcome_counts)]
-    shares = [float(outcome_counts[o] / outcome_counts.sum()) for o in outcomes]
+    outcomes, shares = data.outcome_mix()
     surface = data.primary_surface
     settings = FutureEvalSettings(budget=config.budget)
     train_users = np.flatnonzero(split.train_ends > data.histories.offsets[:-1])
