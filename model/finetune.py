@@ -7,7 +7,7 @@ trains (seconds, not minutes)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -240,7 +240,7 @@ def finetune_surface(
         batches,
         step_loss,
         validate,
-        train_config,
+        replace(train_config, validate_start=True),  # the new head must beat the shared one it copies
         checkpoint,
         f"finetune {name}",
     )

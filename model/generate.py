@@ -6,8 +6,9 @@
    action, the request's surface and the request time.
 3. Split the budget N across outcomes by their shares, and within an outcome evenly over its queries; merge
    queries whose cosine similarity exceeds a threshold (their budgets add up).
-4. Search the index for every query with over-fetch, drop items already seen, take each query's share in
-   rank order, dedup, and keep for every item the outcome and step of the query that found it.
+4. Search the index for every query with over-fetch, drop items already seen, let the queries take their
+   shares in turns by rank (an item already taken is skipped, so the over-fetch fills in for duplicates),
+   and keep for every item the outcome and step of the query that found it.
 """
 
 from __future__ import annotations
@@ -150,28 +151,31 @@ class Retrieved:
 def retrieve(
     index: ItemIndex, planned: list[PlannedQuery], total: int, seen: np.ndarray, overfetch: float
 ) -> Retrieved:
-    """Each query contributes its budget of unseen items in rank order (rounded so that the budgets sum to
-    total); an item found twice counts once, for the query that ranked it best; the list is ordered by
-    score."""
+    """Each query contributes its budget of unseen items (rounded so that the budgets sum to total). The
+    queries take turns rank by rank; an item another query already took is skipped and the query goes on
+    down its over-fetched list, so duplicates do not shrink the answer below total while the over-fetch
+    lasts. The list is ordered by score."""
     quotas = _round_budgets([q.budget for q in planned], total)
     depth = int(math.ceil(max(quotas, default=0) * overfetch)) + len(seen)
     scores, found = index.search(np.stack([q.vector for q in planned]), max(depth, 1))
-    best: dict[int, tuple[float, int]] = {}  # item -> (score, query)
-    fetched = []
-    for i, quota in enumerate(quotas):
-        fresh = (found[i] > 0) & ~np.isin(found[i], seen)
-        taken_items, taken_scores = found[i][fresh][:quota], scores[i][fresh][:quota]
-        fetched.append(taken_items)
-        for item, score in zip(taken_items.tolist(), taken_scores.tolist(), strict=True):
-            if item not in best or score > best[item][0]:
-                best[item] = (score, i)
-    ranked = sorted(best.items(), key=lambda entry: -entry[1][0])[:total]
-    all_fetched = np.concatenate(fetched) if fetched else np.zeros(0, dtype=np.int64)
+    fresh = (found > 0) & ~np.isin(found, seen)
+    ranked = [(found[i][fresh[i]].tolist(), scores[i][fresh[i]].tolist()) for i in range(len(planned))]
+    taken: dict[int, tuple[float, int]] = {}  # item -> (score, query)
+    counts = [0] * len(planned)
+    for rank in range(depth):
+        for i, (items, item_scores) in enumerate(ranked):
+            if counts[i] < quotas[i] and rank < len(items) and items[rank] not in taken:
+                taken[items[rank]] = (item_scores[rank], i)
+                counts[i] += 1
+    # Diversity: how much the queries' own top-quota lists overlap (before the turns fill the gaps).
+    own = [np.asarray(items[:q], dtype=np.int64) for (items, _), q in zip(ranked, quotas, strict=True)]
+    all_fetched = np.concatenate(own) if own else np.zeros(0, dtype=np.int64)
+    best = sorted(taken.items(), key=lambda entry: -entry[1][0])
     return Retrieved(
-        items=np.array([item for item, _ in ranked], dtype=np.int64),
-        scores=np.array([score for _, (score, _) in ranked], dtype=np.float32),
-        outcomes=np.array([planned[q].outcome for _, (_, q) in ranked], dtype=np.int64),
-        steps=np.array([planned[q].step for _, (_, q) in ranked], dtype=np.int64),
+        items=np.array([item for item, _ in best], dtype=np.int64),
+        scores=np.array([score for _, (score, _) in best], dtype=np.float32),
+        outcomes=np.array([planned[q].outcome for _, (_, q) in best], dtype=np.int64),
+        steps=np.array([planned[q].step for _, (_, q) in best], dtype=np.int64),
         fetched=len(all_fetched),
         unique_fetched=len(np.unique(all_fetched)),
     )

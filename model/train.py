@@ -29,6 +29,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (keeping the best weights) once training took this long
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = one per available CPU
+    validate_start: bool = False  # score the start as epoch 0 (finetuning keeps it unless beaten)
     progress: bool = True
 
 
@@ -80,6 +81,11 @@ def fit(
         state = saved["state"]
         log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
 
+    if config.validate_start and state["epoch"] == 0 and state["best_epoch"] < 0:
+        module.eval()
+        with torch.no_grad():
+            state["best_metric"], state["best_epoch"] = validate(), 0
+        log.info("%s before training: validation %.4f", name, state["best_metric"])
     stopped_by = "max epochs"
     started = time.monotonic() - state["seconds"]
     for epoch in range(state["epoch"], config.max_epochs):

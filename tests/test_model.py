@@ -20,7 +20,7 @@ from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
 from pinrec.model.sequences import Examples, future_window, leave_one_out, recent_histories, training_batches
 from pinrec.model.simulate import SimulationConfig, simulate
-from pinrec.model.train import TrainConfig
+from pinrec.model.train import TrainConfig, fit
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,17 @@ def test_budget_split_follows_outcome_shares_and_excludes_seen_items(data):
     assert 0 < result.unique_share <= 1
 
 
+def test_duplicate_queries_fill_their_budget_from_the_overfetch(data):
+    model = _model(data)
+    index = item_index(model)
+    vector = model.items.all_items()[3].detach().numpy()
+    planned = [PlannedQuery(vector, 10, 1, 0), PlannedQuery(vector.copy(), 10, 2, 1)]
+    result = retrieve(index, planned, 20, np.zeros(0, dtype=np.int64), overfetch=2.0)
+    assert len(result.items) == 20 == len(set(result.items.tolist()))  # not 10: the second query goes deeper
+    assert result.unique_share == pytest.approx(0.5)  # the queries' own top-10 lists are the same
+    assert sorted(result.outcomes.tolist()) == [1] * 10 + [2] * 10
+
+
 def test_multi_token_targets_fall_inside_their_windows(data):
     rng = np.random.default_rng(0)
     offsets = (0, DAY_MS)
@@ -222,13 +233,33 @@ def test_finetuning_adds_a_surface_head_and_freezes_the_backbone_by_default(data
     model = _model(data)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     users = np.arange(len(data.histories.user_ids))
-    config = TrainConfig(max_epochs=1, progress=False, threads=1)
+    config = TrainConfig(max_epochs=6, warmup_steps=1, progress=False, threads=1)
     result = finetune_surface(model, data, 1, users, config, freeze_backbone=frozen)
     assert "search" in model.heads and 0 <= result.best_metric <= 1
     after = model.state_dict()
-    assert torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"]) == frozen
+    # The new head starts as a copy of the shared one; the trained weights are kept only when they beat it.
+    trained = result.best_epoch > 0
+    assert torch.equal(before["heads.shared.mlp.1.weight"], after["heads.search.mlp.1.weight"]) != trained
+    backbone_moved = not torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])
+    assert backbone_moved == (trained and not frozen)
     assert torch.equal(before["heads.shared.mlp.1.weight"], after["heads.shared.mlp.1.weight"])  # untouched
-    assert not torch.equal(before["heads.shared.mlp.1.weight"], after["heads.search.mlp.1.weight"])
+
+
+def test_training_keeps_the_starting_weights_when_no_epoch_beats_them():
+    layer = torch.nn.Linear(2, 1)
+    start = layer.weight.detach().clone()
+    scores = iter([0.5, 0.4, 0.3])  # the start, then two worse epochs
+
+    result = fit(
+        layer,
+        layer.parameters(),
+        lambda epoch: [torch.ones(4, 2)],
+        lambda batch: layer(batch).pow(2).mean(),
+        lambda: next(scores),
+        TrainConfig(max_epochs=2, progress=False, threads=1, validate_start=True),
+    )
+    assert result.best_epoch == 0 and result.best_metric == 0.5 and result.epochs == 2
+    assert torch.equal(layer.weight, start)
 
 
 def test_finetuning_offsets_follow_the_pretraining_windows():
