@@ -4,6 +4,8 @@
     backbone.safetensors   item tower, input embeddings, transformer
     heads/<name>.safetensors   the shared (pretrain) head and one finetuned head per surface
     items.npy              raw item id of each item index 1..V
+    popularity.npy         positive actions per item index 0..V in the training log (cold-start answers)
+    search_queries.npz     items that define each search query id (the search context, model/contexts.py)
     item_embeddings.npy    (V, C) L2-normalised item vectors (what the index holds)
     index.faiss            the faiss index over them
 
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.config import ModelConfig
+from pinrec.model.contexts import QueryItems
 from pinrec.model.index import IndexSettings, ItemIndex, build_index
 from pinrec.model.network import PinRecModel
 
@@ -43,6 +46,8 @@ class Artifact:
     item_ids: np.ndarray  # raw id of item index i + 1
     index: ItemIndex
     vocabulary: Vocabulary
+    popularity: np.ndarray  # (V + 1,) positive actions per item index in the training log
+    query_items: QueryItems
 
     @property
     def version(self) -> str:
@@ -71,6 +76,8 @@ def save_artifact(
     metrics: dict | None = None,
     index_settings: IndexSettings | None = None,
     extra: dict | None = None,
+    popularity: np.ndarray | None = None,
+    query_items: QueryItems | None = None,
 ) -> Path:
     if path.exists():
         raise FileExistsError(f"{path} exists; artifacts are immutable, choose a new directory")
@@ -90,6 +97,10 @@ def save_artifact(
     index = build_index(vectors, index_settings or IndexSettings())
     np.save(partial / "items.npy", np.asarray(item_ids, dtype=np.int64))
     np.save(partial / "item_embeddings.npy", vectors)
+    counts = popularity if popularity is not None else np.zeros(len(item_ids) + 1, dtype=np.int64)
+    np.save(partial / "popularity.npy", np.asarray(counts, dtype=np.int64))
+    if query_items is not None:
+        query_items.save(partial)
     faiss.write_index(index.index, str(partial / "index.faiss"))
     manifest = {
         "format": FORMAT_VERSION,
@@ -136,4 +147,11 @@ def load_artifact(path: Path) -> Artifact:
         tuple(manifest["actions"]), tuple(manifest["surfaces"]), frozenset(manifest["unsequenced_actions"])
     )
     item_index = ItemIndex(index, manifest["index"]["kind"], manifest["index"]["recall_at_100"])
-    return Artifact(path, manifest, model, np.load(path / "items.npy"), item_index, vocabulary)
+    item_ids = np.load(path / "items.npy")
+    popularity_path = path / "popularity.npy"
+    popularity = (
+        np.load(popularity_path) if popularity_path.exists() else np.zeros(len(item_ids) + 1, np.int64)
+    )
+    return Artifact(
+        path, manifest, model, item_ids, item_index, vocabulary, popularity, QueryItems.load(path)
+    )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,9 +42,16 @@ def generate_queries(
     now_ms: torch.Tensor,  # (B,) request times
     head: str = "shared",
     use_cache: bool = True,
+    context: torch.Tensor | None = None,  # (B, C) a surface context vector appended after the history
+    timings: dict[str, float] | None = None,  # filled with the prefill and decode seconds
 ) -> torch.Tensor:
     """Queries (B, steps, O, K, C) for O outcomes and the model's K offsets. use_cache=False recomputes the
-    whole sequence at every step (the reference the KV cache must equal, and its speed baseline)."""
+    whole sequence at every step (the reference the KV cache must equal, and its speed baseline).
+
+    context: the request's surface context as one more input token at the request time, with the feedback
+    outcome as its action (ours): the subject item's vector on related, the query's vector on search. A
+    cold-start user (all padding) is then answered from the context alone."""
+    started = time.perf_counter()
     model.eval()
     B = history.items.shape[0]
     offsets = len(model.config.offsets)
@@ -59,6 +67,34 @@ def generate_queries(
     tokens = [] if use_cache else [model.embed_history(**history.to_dict())]
     length = valid.sum(dim=1)  # real tokens per row
     previous = history.times[:, -1]
+
+    def feed(vectors: torch.Tensor, time_ms: torch.Tensor, extra: int) -> torch.Tensor:
+        """Append one token per row (B, C) and return the new last hidden state."""
+        nonlocal valid, cache, previous
+        x = model.embed(
+            vectors[:, None, :],
+            torch.full((B, 1), outcomes[0]),
+            torch.full((B, 1), surface),
+            time_ms[:, None],
+            torch.where(length > 0, previous, time_ms)[:, None],
+            (length + extra).clamp(max=model.position.num_embeddings - 1)[:, None],
+        )  # (B, 1, C)
+        previous = time_ms
+        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)
+        if use_cache:
+            out, cache = model.backbone(x, valid, cache)
+        else:
+            tokens.append(x)
+            out, _ = model.backbone(torch.cat(tokens, dim=1), valid, None)
+        return out[:, -1]
+
+    extra = 0
+    if context is not None:
+        last = feed(context, now_ms, 0)
+        extra = 1
+    if timings is not None:
+        timings["prefill"] = time.perf_counter() - started
+        started = time.perf_counter()
     queries = []
     for step in range(steps):
         q = model.query(
@@ -71,23 +107,11 @@ def generate_queries(
         queries.append(q)  # (B, O, K, C)
         if step == steps - 1:
             break
-        time_ms = now_ms + step * 1000  # ours: fed-back tokens one second apart, at the request time
-        x = model.embed(
-            q[:, 0, 0, None, :],  # the "next" query of the feedback outcome stands in for an item
-            torch.full((B, 1), outcomes[0]),
-            torch.full((B, 1), surface),
-            time_ms[:, None],
-            previous[:, None],
-            (length + step).clamp(max=model.position.num_embeddings - 1)[:, None],
-        )  # (B, 1, C)
-        previous = time_ms
-        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)
-        if use_cache:
-            out, cache = model.backbone(x, valid, cache)
-        else:
-            tokens.append(x)
-            out, _ = model.backbone(torch.cat(tokens, dim=1), valid, None)
-        last = out[:, -1]
+        # Ours: fed-back tokens one second apart from the request time; the "next" query of the feedback
+        # outcome stands in for an item.
+        last = feed(q[:, 0, 0], now_ms + (step + extra) * 1000, step + extra)
+    if timings is not None:
+        timings["decode"] = time.perf_counter() - started
     return torch.stack(queries, dim=1)  # (B, steps, O, K, C)
 
 

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pinrec import model_commands, stream_commands
+from pinrec import model_commands, serve_commands, stream_commands
 from pinrec.settings import LocalStackSettings
 
 log = logging.getLogger("pinrec")
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local(subparsers)
     stream_commands.add_parsers(subparsers)
     model_commands.add_parsers(subparsers)
+    serve_commands.add_parsers(subparsers)
     _add_bench(subparsers)
     _add_demo(subparsers)
     return parser
@@ -167,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             return STREAM_COMMANDS[args.command](args, settings)
         if args.command in model_commands.COMMANDS:
             return model_commands.COMMANDS[args.command](args)
+        if args.command == "serve":
+            return serve_commands.run_serve(args, settings)
         if args.command == "bench":
             return _run_bench(args)
         from pinrec.demo import run_demo

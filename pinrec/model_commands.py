@@ -123,9 +123,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def outcome_mix(data) -> dict[str, float]:
+    """The training log's positive outcome shares: a request's default budget."""
+    outcomes, shares = data.outcome_mix()
+    return {data.vocabulary.actions[o]: share for o, share in zip(outcomes, shares, strict=True)}
+
+
 def run_train(args: argparse.Namespace) -> int:
     from pinrec.featurestore.schema import Vocabulary
     from pinrec.model.artifacts import data_fingerprint, save_artifact
+    from pinrec.model.contexts import search_query_items
     from pinrec.model.loaders import load_dataset
     from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
     from pinrec.model.sequences import leave_one_out
@@ -155,6 +162,9 @@ def run_train(args: argparse.Namespace) -> int:
         vocabulary,
         data_fingerprint(data.log.events),
         metrics={"validation_ndcg@10": result.best_metric, "training": result.to_dict()},
+        popularity=data.catalog.counts,
+        query_items=search_query_items(data.log, data.catalog, vocabulary),
+        extra={"outcome_mix": outcome_mix(data)},
     )
     plot_curves({args.variant: result.curve}, args.out / "training-curve.png", "NDCG@10")
     print(f"wrote {args.out} (validation NDCG@10 {result.best_metric:.4f}, {result.seconds:.0f} s)")
@@ -165,6 +175,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
+    from pinrec.model.contexts import search_query_items
     from pinrec.model.finetune import finetune_surface
     from pinrec.model.loaders import load_dataset
     from pinrec.model.pretrain import prepare
@@ -198,6 +209,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         vocabulary,
         data_fingerprint(data.log.events),
         metrics=metrics,
+        popularity=data.catalog.counts,
+        query_items=search_query_items(data.log, data.catalog, vocabulary),
+        extra={"outcome_mix": outcome_mix(data)},
     )
     print(f"wrote {args.out} with heads {', '.join(artifact.model.heads.keys())}")
     return 0

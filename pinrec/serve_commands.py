@@ -1,0 +1,53 @@
+"""`pinrec serve` and `pinrec bench serve` (KServe is imported inside the commands)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pinrec.settings import LocalStackSettings
+from pinrec.stream_commands import add_store_options, store_settings
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve every surface of an artifact over KServe REST (v1, v2) and gRPC (v2)",
+        description="One KServe model per surface, all sharing one backbone and index. Point --artifacts "
+        "at a symlink and re-point it to swap to a new artifact while serving.",
+    )
+    serve.add_argument("--artifacts", type=Path, required=True, help="artifact directory (or a symlink)")
+    serve.add_argument("--http-port", type=int, default=8080, help="REST port (default 8080)")
+    serve.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
+    serve.add_argument("--surface", action="append", help="serve only these surfaces (repeatable)")
+    serve.add_argument(
+        "--no-feature-store", action="store_true", help="answer only requests with an explicit history"
+    )
+    serve.add_argument("--default-steps", type=int, default=3, help="decode steps when a request names none")
+    serve.add_argument("--max-k", type=int, default=1000, help="the largest k a request may ask for")
+    serve.add_argument(
+        "--inference-threads", type=int, default=0, help="inferences at once (default: one per CPU)"
+    )
+    serve.add_argument("--watch-interval", type=float, default=2.0, help="seconds between artifact checks")
+    add_store_options(serve)
+
+
+def run_serve(args: argparse.Namespace, settings: LocalStackSettings) -> int:
+    from pinrec.serving.server import serve
+    from pinrec.serving.settings import ServeSettings
+
+    features = None if args.no_feature_store else store_settings(args, settings)
+    serve(
+        ServeSettings(
+            artifacts=args.artifacts,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            features=features,
+            surfaces=tuple(args.surface or ()),
+            default_steps=args.default_steps,
+            max_k=args.max_k,
+            workers=args.inference_threads,
+            watch_interval_s=args.watch_interval,
+        )
+    )
+    return 0

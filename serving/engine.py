@@ -1,0 +1,249 @@
+"""The recommender behind every surface: one loaded artifact (backbone, heads, item vectors, index) shared
+by all KServe models of the process, and the request path of architecture §4.4.
+
+features -> (context token) -> prefill with KV cache -> decode -> budget split and merge -> faiss search
+with over-fetch -> dedup, seen items dropped -> items with scores, outcome and step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pinrec.featurestore.schema import UserSequence
+from pinrec.model.artifacts import Artifact, load_artifact
+from pinrec.model.generate import generate_queries, plan_queries, retrieve
+from pinrec.model.sequences import HistoryBatch
+from pinrec.serving.request import History, Limits, RecommendRequest
+from pinrec.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recommendation:
+    item_ids: np.ndarray  # raw ids, best first
+    scores: np.ndarray
+    outcomes: list[str]  # the outcome of the query that retrieved each item ("popular" on cold start)
+    steps: np.ndarray  # its decode step (-1 on cold start)
+    cold_start: bool  # no usable history: answered from the context alone, or from popularity
+    context_used: bool  # the request's context became an input token
+    model_version: str
+    unique_share: float  # diversity: unique share of what the queries retrieved before dedup
+    pairwise_distance: float  # diversity: mean pairwise cosine distance of the returned items
+    staleness_s: float | None  # request time minus the newest history event (None without history)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    def to_dict(self) -> dict:
+        return {
+            "items": [
+                {"item_id": int(i), "score": round(float(s), 6), "outcome": o, "step": int(t)}
+                for i, s, o, t in zip(self.item_ids, self.scores, self.outcomes, self.steps, strict=True)
+            ],
+            "cold_start": self.cold_start,
+            "context_used": self.context_used,
+            "model_version": self.model_version,
+        }
+
+
+class LoadedModel:
+    """An artifact ready to answer: the item table and query vectors computed once."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        self.artifact = artifact
+        self.model = artifact.model
+        self.vocabulary = artifact.vocabulary
+        with torch.no_grad():
+            vectors = self.model.items.all_items()
+        self.item_vectors = torch.cat([torch.zeros(1, vectors.shape[1]), vectors])  # row 0: padding
+        self.popular = np.argsort(-artifact.popularity[1:], kind="stable") + 1  # item indices, most first
+        self.outcomes = tuple(artifact.manifest["outcomes"])
+        self.max_len = self.model.config.max_len
+
+    @classmethod
+    def load(cls, path: Path) -> LoadedModel:
+        return cls(load_artifact(path))
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    def index_of(self, raw_ids: np.ndarray) -> np.ndarray:
+        ids = self.artifact.item_ids
+        at = np.searchsorted(ids, raw_ids).clip(0, len(ids) - 1)
+        return np.where(ids[at] == raw_ids, at + 1, 0)
+
+    def context_vector(self, request: RecommendRequest) -> torch.Tensor | None:
+        if request.subject_item_id is not None:
+            index = int(self.index_of(np.array([request.subject_item_id]))[0])
+            return self.item_vectors[index] if index else None
+        if request.query_id is not None:
+            items = self.artifact.query_items.items_of(request.query_id)
+            if len(items):
+                return torch.nn.functional.normalize(self.item_vectors[items].mean(dim=0), dim=0)
+        return None
+
+
+def sequence_history(sequence: UserSequence) -> History:
+    return History(
+        np.asarray(sequence.item_ids, dtype=np.int64),
+        np.asarray(sequence.actions, dtype=np.int64),
+        np.asarray(sequence.surfaces, dtype=np.int64),
+        np.asarray(sequence.event_times_ms, dtype=np.int64),
+    )
+
+
+def _pairwise_distance(vectors: torch.Tensor) -> float:
+    """Mean cosine distance over pairs of distinct returned items (unit vectors)."""
+    n = len(vectors)
+    if n < 2:
+        return 0.0
+    total = vectors.sum(dim=0)
+    similarity_sum = float(total @ total) - n  # sum over i != j of cos(i, j)
+    return 1.0 - similarity_sum / (n * (n - 1))
+
+
+class Recommender:
+    """Answers requests for every surface from the current model; `swap` replaces it atomically (requests
+    in flight finish on the model they started with)."""
+
+    def __init__(self, settings: ServeSettings, model: LoadedModel, sequences=None) -> None:
+        self.settings = settings
+        self.current = model
+        self.sequences = sequences  # a featurestore SequenceStore, or None (explicit histories only)
+
+    def swap(self, model: LoadedModel) -> None:
+        self.current = model
+
+    def limits(self) -> Limits:
+        model = self.current
+        outcomes, shares = default_budget(model)
+        return Limits(
+            outcomes=model.outcomes,
+            surfaces=model.vocabulary.surfaces,
+            actions=model.vocabulary.actions,
+            default_outcomes=outcomes,
+            default_shares=shares,
+            default_k=self.settings.default_k,
+            max_k=self.settings.max_k,
+            default_steps=self.settings.default_steps,
+            max_steps=model.model.config.max_decode_steps,
+            max_history=self.settings.max_history,
+            max_instances=self.settings.max_instances,
+        )
+
+    def read_histories(self, requests: list[RecommendRequest]) -> list[History | None]:
+        wanted = [r.user_id for r in requests if r.history is None and r.user_id is not None]
+        stored = self.sequences.read(wanted) if (wanted and self.sequences is not None) else {}
+        return [
+            r.history
+            if r.history is not None
+            else (sequence_history(stored[r.user_id]) if r.user_id in stored else None)
+            for r in requests
+        ]
+
+    def recommend(self, request: RecommendRequest, surface: str, history: History | None) -> Recommendation:
+        model = self.current  # one model for the whole request, even if a swap happens meanwhile
+        started = time.perf_counter()
+        now_ms = request.now_ms if request.now_ms is not None else int(time.time() * 1000)
+        timings: dict[str, float] = {}
+        items = np.zeros(0, dtype=np.int64)
+        staleness = None
+        if history is not None and len(history.items):
+            staleness = max(0.0, (now_ms - int(history.times_ms[-1])) / 1000)
+            items = model.index_of(history.items)
+            known = items > 0
+            history = History(
+                items[known], history.actions[known], history.surfaces[known], history.times_ms[known]
+            )
+            items = history.items
+        context = model.context_vector(request)
+        seen = items
+        if request.subject_item_id is not None:
+            seen = np.append(items, model.index_of(np.array([request.subject_item_id])))
+        if not len(items) and context is None:
+            result = self._popular(model, request, seen)
+        else:
+            result = self._generate(model, request, surface, history, context, now_ms, seen, timings)
+        result.staleness_s = staleness
+        result.context_used = context is not None
+        result.cold_start = not len(items)
+        timings["total"] = time.perf_counter() - started
+        result.timings.update(timings)
+        return result
+
+    def _generate(self, model, request, surface, history, context, now_ms, seen, timings) -> Recommendation:
+        surface_code = model.vocabulary.surface_code(surface)
+        head = surface if surface in model.model.heads else "shared"
+        batch = _history_batch(history, model.max_len, now_ms)
+        codes = [model.vocabulary.action_code(o) for o in request.outcomes]
+        with torch.no_grad():
+            queries = generate_queries(
+                model.model,
+                batch,
+                surface_code,
+                codes,
+                request.steps,
+                torch.tensor([now_ms]),
+                head,
+                context=None if context is None else context[None, :],
+                timings=timings,
+            )[0].numpy()
+        searched = time.perf_counter()
+        planned = plan_queries(queries, codes, list(request.shares), request.k, self.settings.merge_threshold)
+        found = retrieve(model.artifact.index, planned, request.k, seen, self.settings.overfetch)
+        timings["search"] = time.perf_counter() - searched
+        names = model.vocabulary.actions
+        return Recommendation(
+            item_ids=model.artifact.item_ids[found.items - 1],
+            scores=found.scores,
+            outcomes=[names[o] for o in found.outcomes],
+            steps=found.steps,
+            cold_start=False,
+            context_used=False,
+            model_version=model.version,
+            unique_share=found.unique_share,
+            pairwise_distance=_pairwise_distance(model.item_vectors[found.items]),
+            staleness_s=None,
+        )
+
+    def _popular(self, model: LoadedModel, request: RecommendRequest, seen: np.ndarray) -> Recommendation:
+        candidates = model.popular[: request.k + len(seen)]
+        picked = candidates[~np.isin(candidates, seen)][: request.k]
+        counts = model.artifact.popularity[picked].astype(np.float32)
+        return Recommendation(
+            item_ids=model.artifact.item_ids[picked - 1],
+            scores=counts / max(float(counts.max(initial=0)), 1.0),
+            outcomes=["popular"] * len(picked),
+            steps=np.full(len(picked), -1),
+            cold_start=True,
+            context_used=False,
+            model_version=model.version,
+            unique_share=1.0,
+            pairwise_distance=_pairwise_distance(model.item_vectors[picked]),
+            staleness_s=None,
+        )
+
+
+def default_budget(model: LoadedModel) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The artifact's outcome mix (manifest "outcome_mix", else an even split over its outcomes)."""
+    mix = model.artifact.manifest.get("outcome_mix") or {o: 1 / len(model.outcomes) for o in model.outcomes}
+    ordered = sorted(mix, key=lambda o: -mix[o])
+    return tuple(ordered), tuple(float(mix[o]) for o in ordered)
+
+
+def _history_batch(history: History | None, max_len: int, now_ms: int) -> HistoryBatch:
+    """One left-padded row of the newest max_len events (one padding token when there are none)."""
+    if history is None or not len(history.items):
+        one = torch.zeros(1, 1, dtype=torch.long)
+        return HistoryBatch(one, one.clone(), one.clone(), torch.full((1, 1), now_ms))
+    row = [
+        torch.from_numpy(np.ascontiguousarray(a[-max_len:]))[None, :]
+        for a in (history.items, history.actions, history.surfaces, history.times_ms)
+    ]
+    return HistoryBatch(*row)

@@ -1,0 +1,130 @@
+"""`pinrec serve`: a kserve.ModelServer with one model per surface, one shared Recommender, and a watcher
+that swaps in a new artifact when the artifact path (a symlink, typically) points somewhere new."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from pinrec.serving import metrics
+from pinrec.serving.engine import LoadedModel, Recommender
+from pinrec.serving.request import History, RecommendRequest
+from pinrec.serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def warm_up(model: LoadedModel, recommender: Recommender) -> None:
+    """One request through the whole path, so that the first user does not pay for lazy initialisation."""
+    outcomes = model.outcomes[:1]
+    request = RecommendRequest(None, None, 10, outcomes, (1.0,), 2, None, None, None)
+    popular = model.artifact.item_ids[model.popular[:5] - 1]
+    history = History(
+        popular,
+        np.full(len(popular), model.vocabulary.action_code(outcomes[0])),
+        np.zeros(len(popular), dtype=np.int64),
+        np.arange(len(popular), dtype=np.int64) * 1000,
+    )
+    current = recommender.current
+    recommender.current = model
+    try:
+        recommender.recommend(request, model.vocabulary.surfaces[0], history)
+    finally:
+        recommender.current = current
+
+
+def check_compatible(old: LoadedModel, new: LoadedModel) -> None:
+    """A new artifact must speak the same vocabularies (codes are stored in the feature store)."""
+    for name in ("actions", "surfaces"):
+        if getattr(old.vocabulary, name) != getattr(new.vocabulary, name):
+            raise ValueError(
+                f"{new.artifact.path}: its {name} {getattr(new.vocabulary, name)} differ from the served "
+                f"artifact's {getattr(old.vocabulary, name)}; restart the server to change vocabularies"
+            )
+
+
+class ArtifactWatcher(threading.Thread):
+    """Polls the artifact path; a new target is loaded, warmed up and swapped in atomically."""
+
+    def __init__(self, path: Path, recommender: Recommender, interval_s: float) -> None:
+        super().__init__(name="artifact-watcher", daemon=True)
+        self.path, self.recommender, self.interval_s = path, recommender, interval_s
+        self.stopped = threading.Event()
+        self.loaded = os.path.realpath(path)
+        self.failed: str | None = None
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            self.check()
+
+    def check(self) -> bool:
+        target = os.path.realpath(self.path)
+        if target in (self.loaded, self.failed):
+            return False
+        try:
+            model = LoadedModel.load(Path(target))
+            check_compatible(self.recommender.current, model)
+            warm_up(model, self.recommender)
+        except Exception as error:  # a broken artifact never replaces a working one
+            log.error("not swapping to %s: %s", target, error)
+            self.failed = target
+            return False
+        self.recommender.swap(model)
+        self.loaded, self.failed = target, None
+        metrics.SWAPS.inc()
+        metrics.set_model(model.version)
+        log.info("now serving %s (version %s)", target, model.version)
+        return True
+
+
+def build(settings: ServeSettings) -> tuple[Recommender, list]:
+    """The recommender and one KServe model per surface (everything but the network servers)."""
+    from pinrec.serving.predictor import SurfaceModel
+
+    settings.validate()
+    threads = settings.threads or 1
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    model = LoadedModel.load(Path(os.path.realpath(settings.artifacts)))
+    sequences = None
+    if settings.features is not None:
+        from pinrec.featurestore.store import SequenceStore, open_store
+
+        sequences = SequenceStore(open_store(settings.features))
+    recommender = Recommender(settings, model, sequences)
+    warm_up(model, recommender)
+    metrics.set_model(model.version)
+    surfaces = settings.surfaces or model.vocabulary.surfaces
+    unknown = [s for s in surfaces if s not in model.vocabulary.surfaces]
+    if unknown:
+        raise ValueError(
+            f"unknown surface(s) {', '.join(unknown)}; "
+            f"the artifact has {', '.join(model.vocabulary.surfaces)}"
+        )
+    workers = settings.workers or len(os.sched_getaffinity(0))
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+    return recommender, [SurfaceModel(surface, recommender, executor) for surface in surfaces]
+
+
+def serve(settings: ServeSettings) -> None:
+    from kserve import ModelServer
+
+    recommender, models = build(settings)
+    watcher = ArtifactWatcher(settings.artifacts, recommender, settings.watch_interval_s)
+    watcher.start()
+    log.info(
+        "serving %s (%s) on http :%d and grpc :%d",
+        ", ".join(m.name for m in models),
+        recommender.current.version,
+        settings.http_port,
+        settings.grpc_port,
+    )
+    ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=1).start(models)
+    watcher.stopped.set()

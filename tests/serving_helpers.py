@@ -1,0 +1,135 @@
+"""A small trained artifact with a head per surface, a Feast store holding some users' sequences, and a real
+`pinrec serve` process on free ports."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+
+from pinrec.featurestore.schema import UserSequence, Vocabulary
+from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
+from pinrec.model.artifacts import data_fingerprint, save_artifact
+from pinrec.model.contexts import search_query_items
+from pinrec.model.finetune import finetune_surface
+from pinrec.model.pretrain import PreparedData, base_config, new_model, prepare, pretrain
+from pinrec.model.sequences import leave_one_out
+from pinrec.model.simulate import SimulationConfig, simulate
+from pinrec.model.train import TrainConfig
+from pinrec.model_commands import outcome_mix
+from tests.helpers import REPO
+
+
+@dataclass
+class Served:
+    data: PreparedData
+    artifacts: Path  # the symlink the server watches
+    versions: list[Path]
+    features: FeatureStoreSettings
+    users: list[int]  # users with a stored sequence
+    http: str  # http://127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+    process: subprocess.Popen | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def small_world() -> PreparedData:
+    log = simulate(SimulationConfig.small(users=150, items=500, days=7), progress=False)
+    return prepare(log, Vocabulary())
+
+
+def train_artifacts(data: PreparedData, out: Path, versions: int = 2) -> list[Path]:
+    """Artifacts v1..vN of one small model with a finetuned head per surface (versions differ by seed)."""
+    paths = []
+    config = TrainConfig(max_epochs=2, progress=False, threads=1)
+    split = leave_one_out(data.histories)
+    users = np.arange(len(data.histories.user_ids))
+    for version in range(1, versions + 1):
+        model_config = base_config(data, dim=32, max_len=30, dropout=0.0)
+        model = new_model(model_config, data, seed=version)
+        pretrain(model, data, split.train_ends, split.valid, config)
+        for surface in range(len(data.vocabulary.surfaces)):
+            finetune_surface(
+                model, data, surface, users, TrainConfig(max_epochs=1, progress=False, threads=1)
+            )
+        paths.append(
+            save_artifact(
+                out / f"v{version}",
+                model,
+                data.catalog.item_ids,
+                data.vocabulary,
+                data_fingerprint(data.log.events),
+                popularity=data.catalog.counts,
+                query_items=search_query_items(data.log, data.catalog, data.vocabulary),
+                extra={"outcome_mix": outcome_mix(data)},
+            )
+        )
+    return paths
+
+
+def store_sequences(data: PreparedData, features: FeatureStoreSettings, users: int = 20) -> list[int]:
+    """The newest 50 positive actions of the first users, written to the online store."""
+    store = SequenceStore(apply(features))
+    h = data.histories
+    sequences = []
+    for row in range(users):
+        start, end = max(h.offsets[row], h.offsets[row + 1] - 50), h.offsets[row + 1]
+        sequences.append(
+            UserSequence(
+                user_id=int(h.user_ids[row]),
+                item_ids=tuple(int(i) for i in data.catalog.item_ids[h.items[start:end] - 1]),
+                actions=tuple(int(a) for a in h.actions[start:end]),
+                surfaces=tuple(int(s) for s in h.surfaces[start:end]),
+                event_times_ms=tuple(int(t) for t in h.times[start:end]),
+                event_keys=tuple(range(end - start)),
+                version_us=1,
+            )
+        )
+    store.write(sequences)
+    return [s.user_id for s in sequences]
+
+
+def start_server(served: Served, env: dict[str, str], log_path: Path, timeout_s: float = 90) -> None:
+    http_port, grpc_port = free_port(), free_port()
+    served.http, served.grpc = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+    command = [
+        sys.executable, "-m", "pinrec.cli", "serve",
+        "--artifacts", str(served.artifacts),
+        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+        "--repo", str(served.features.repo_dir), "--online-store", "sqlite",
+        "--watch-interval", "0.5",
+    ]  # fmt: skip
+    served.process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if served.process.poll() is not None:
+            raise RuntimeError(f"the server exited: {log_path.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{served.http}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the server was not ready in {timeout_s} s: {log_path.read_text()[-3000:]}")
+
+
+def stop_server(served: Served) -> None:
+    if served.process is not None and served.process.poll() is None:
+        served.process.terminate()
+        try:
+            served.process.wait(30)
+        except subprocess.TimeoutExpired:
+            served.process.kill()
