@@ -84,11 +84,14 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--seconds", type=float, default=30, help="duration of the freshness phase")
     stream.add_argument("--json", type=Path, help="write the results here")
     model_commands.add_bench_parser(kinds)
+    serve_commands.add_bench_parser(kinds)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     if args.kind == "model":
         return model_commands.run_bench_model(args)
+    if args.kind == "serve":
+        return serve_commands.run_bench_serve(args)
     from pinrec.bench.stream import StreamBenchConfig, run_stream_bench
 
     config = StreamBenchConfig(

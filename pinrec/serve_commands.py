@@ -51,3 +51,36 @@ def run_serve(args: argparse.Namespace, settings: LocalStackSettings) -> int:
         )
     )
     return 0
+
+
+def add_bench_parser(kinds: argparse._SubParsersAction) -> None:
+    bench = kinds.add_parser(
+        "serve",
+        help="protocol D: in-process, REST and gRPC latency against a no-op KServe floor, KV speedup",
+    )
+    bench.add_argument("--artifact", type=Path, help="benchmark this artifact (default: train one)")
+    bench.add_argument("--items", type=int, default=1_000_000, help="catalog size of the trained artifact")
+    bench.add_argument("--train-minutes", type=float, default=1.0, help="training time of that artifact")
+    bench.add_argument("--history", type=int, default=200, help="events per user sequence")
+    bench.add_argument("--steps", type=int, default=6, help="decode steps per request")
+    bench.add_argument("--k", type=int, default=100, help="items per request (the budget)")
+    bench.add_argument("--rate", type=float, default=20.0, help="requests/s of the paced phases")
+    bench.add_argument("--requests", type=int, default=200, help="requests per paced phase")
+    bench.add_argument("--json", type=Path, help="write the results here")
+
+
+def run_bench_serve(args: argparse.Namespace) -> int:
+    from pinrec.bench.serve import ServeBenchConfig, run_serve_bench
+
+    config = ServeBenchConfig(
+        artifact=args.artifact,
+        items=args.items,
+        train_minutes=args.train_minutes,
+        history=args.history,
+        steps=args.steps,
+        k=args.k,
+        rate=args.rate,
+        paced_requests=args.requests,
+    )
+    run_serve_bench(config, args.json)
+    return 0

@@ -43,15 +43,18 @@ def v2_inputs(instance: dict) -> list[dict]:
     return tensors
 
 
-def rest_v1(base_url: str, surface: str, instances: list[dict], timeout: float = 10) -> requests.Response:
-    return requests.post(
-        f"{base_url}/v1/models/{surface}:predict", json={"instances": instances}, timeout=timeout
-    )
+def rest_v1(
+    base_url: str, surface: str, instances: list[dict], timeout: float = 10, session=requests
+) -> requests.Response:
+    body = {"instances": instances}
+    return session.post(f"{base_url}/v1/models/{surface}:predict", json=body, timeout=timeout)
 
 
-def rest_v2(base_url: str, surface: str, instance: dict, timeout: float = 10) -> requests.Response:
+def rest_v2(
+    base_url: str, surface: str, instance: dict, timeout: float = 10, session=requests
+) -> requests.Response:
     body = {"inputs": v2_inputs(instance)}
-    return requests.post(f"{base_url}/v2/models/{surface}/infer", json=body, timeout=timeout)
+    return session.post(f"{base_url}/v2/models/{surface}/infer", json=body, timeout=timeout)
 
 
 def v2_outputs(body: dict) -> dict[str, list]:

@@ -147,6 +147,10 @@ class Recommender:
             for r in requests
         ]
 
+    def read_histories_for(self, user_ids: list[int]) -> list[History | None]:
+        stored = self.sequences.read(user_ids) if self.sequences is not None else {}
+        return [sequence_history(stored[u]) if u in stored else None for u in user_ids]
+
     def recommend(self, request: RecommendRequest, surface: str, history: History | None) -> Recommendation:
         model = self.current  # one model for the whole request, even if a swap happens meanwhile
         started = time.perf_counter()

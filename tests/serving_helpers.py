@@ -4,14 +4,10 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import requests
 
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
@@ -23,7 +19,7 @@ from pinrec.model.sequences import leave_one_out
 from pinrec.model.simulate import SimulationConfig, simulate
 from pinrec.model.train import TrainConfig
 from pinrec.model_commands import outcome_mix
-from tests.helpers import REPO
+from pinrec.server_process import ServerProcess, launch
 
 
 @dataclass
@@ -35,7 +31,7 @@ class Served:
     users: list[int]  # users with a stored sequence
     http: str  # http://127.0.0.1:PORT
     grpc: str  # 127.0.0.1:PORT
-    process: subprocess.Popen | None = None
+    process: ServerProcess | None = None
 
 
 def free_port() -> int:
@@ -100,36 +96,13 @@ def store_sequences(data: PreparedData, features: FeatureStoreSettings, users: i
     return [s.user_id for s in sequences]
 
 
-def start_server(served: Served, env: dict[str, str], log_path: Path, timeout_s: float = 90) -> None:
-    http_port, grpc_port = free_port(), free_port()
-    served.http, served.grpc = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
-    command = [
-        sys.executable, "-m", "pinrec.cli", "serve",
-        "--artifacts", str(served.artifacts),
-        "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-        "--repo", str(served.features.repo_dir), "--online-store", "sqlite",
-        "--watch-interval", "0.5",
-    ]  # fmt: skip
-    served.process = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if served.process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{served.http}/v2/health/ready", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"the server was not ready in {timeout_s} s: {log_path.read_text()[-3000:]}")
+def start_server(served: Served, env: dict[str, str], log_path: Path) -> None:
+    arguments = ["serve", "--artifacts", str(served.artifacts), "--repo", str(served.features.repo_dir)]
+    arguments += ["--online-store", "sqlite", "--watch-interval", "0.5"]
+    server = launch("pinrec.cli", arguments, log_path, env=env)
+    served.process, served.http, served.grpc = server, server.http, server.grpc
 
 
 def stop_server(served: Served) -> None:
-    if served.process is not None and served.process.poll() is None:
-        served.process.terminate()
-        try:
-            served.process.wait(30)
-        except subprocess.TimeoutExpired:
-            served.process.kill()
+    if served.process is not None:
+        served.process.stop()

@@ -45,7 +45,12 @@ def die_with_parent() -> None:
 
 
 def spawn(
-    command: Sequence[str], log_path: Path, *, bound_to_parent: bool, cwd: Path | None = None
+    command: Sequence[str],
+    log_path: Path,
+    *,
+    bound_to_parent: bool,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a service in its own session, output to log_path; bound_to_parent ties its life to ours."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +61,7 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env=env,
             start_new_session=True,
             preexec_fn=die_with_parent if bound_to_parent else None,
         )

@@ -1,0 +1,64 @@
+"""Start a KServe model server (`pinrec serve`, or the benchmark's no-op floor) as a child process on free
+ports and wait until it is ready; used by the benchmark, the demo and the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from pinrec.localstack.processes import pick_port, spawn, wait_until
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    http: str  # http://127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+    log_path: Path
+
+    def ready(self) -> bool:
+        try:
+            return requests.get(f"{self.http}/v2/health/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def launch(
+    module: str,
+    arguments: list[str],
+    log_path: Path,
+    timeout_s: float = 180,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
+    """`python -m module ARGUMENTS --http-port P --grpc-port G`, ready on /v2/health/ready."""
+    http_port = pick_port(0)
+    grpc_port = pick_port(0, taken=[http_port])
+    command = [sys.executable, "-m", module, *arguments, "--http-port", str(http_port)]
+    command += ["--grpc-port", str(grpc_port)]
+    process = spawn(command, log_path, bound_to_parent=True, env=env)
+    server = ServerProcess(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path)
+    try:
+        wait_until(
+            server.ready,
+            what=f"the model server ({module})",
+            timeout_s=timeout_s,
+            alive=lambda: process.poll() is None,
+            log_path=log_path,
+        )
+    except BaseException:
+        server.stop()
+        raise
+    return server
