@@ -32,7 +32,7 @@ class GenerationSettings:
     overfetch: float = 2.0  # fetch this many times a query's budget from the index (ours)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_queries(
     model: PinRecModel,
     history: HistoryBatch,  # (B, T) left-padded
@@ -68,18 +68,28 @@ def generate_queries(
     length = valid.sum(dim=1)  # real tokens per row
     previous = history.times[:, -1]
 
-    def feed(vectors: torch.Tensor, time_ms: torch.Tensor, extra: int) -> torch.Tensor:
-        """Append one token per row (B, C) and return the new last hidden state."""
-        nonlocal valid, cache, previous
-        x = model.embed(
-            vectors[:, None, :],
-            torch.full((B, 1), outcomes[0]),
-            torch.full((B, 1), surface),
-            time_ms[:, None],
-            torch.where(length > 0, previous, time_ms)[:, None],
-            (length + extra).clamp(max=model.position.num_embeddings - 1)[:, None],
-        )  # (B, 1, C)
-        previous = time_ms
+    # Everything of the appended tokens but their vectors, for all of them at once: the context token (if
+    # any) and the fed-back queries, one second apart from the request time (ours), with the feedback
+    # outcome as action and the request's surface.
+    extra = 0 if context is None else 1
+    appended = steps - 1 + extra
+    step_times = now_ms[:, None] + 1000 * torch.arange(appended)  # (B, S)
+    first_before = torch.where(length > 0, previous, now_ms)[:, None]
+    before = torch.cat([first_before, step_times[:, :-1]], dim=1)[:, :appended]
+    token_context = model.token_context(
+        torch.full((B, appended), outcomes[0]),
+        torch.full((B, appended), surface),
+        step_times,
+        before,
+        (length[:, None] + torch.arange(appended)).clamp(max=model.position.num_embeddings - 1),
+    )  # (B, S, C)
+    fed = 0
+
+    def feed(vectors: torch.Tensor) -> torch.Tensor:
+        """Append the next token, with these vectors (B, C) as its item; the new last hidden state."""
+        nonlocal valid, cache, fed
+        x = model.token_with(vectors[:, None, :], token_context[:, fed : fed + 1])  # (B, 1, C)
+        fed += 1
         valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)
         if use_cache:
             out, cache = model.backbone(x, valid, cache)
@@ -88,10 +98,8 @@ def generate_queries(
             out, _ = model.backbone(torch.cat(tokens, dim=1), valid, None)
         return out[:, -1]
 
-    extra = 0
     if context is not None:
-        last = feed(context, now_ms, 0)
-        extra = 1
+        last = feed(context)
     if timings is not None:
         timings["prefill"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -107,9 +115,7 @@ def generate_queries(
         queries.append(q)  # (B, O, K, C)
         if step == steps - 1:
             break
-        # Ours: fed-back tokens one second apart from the request time; the "next" query of the feedback
-        # outcome stands in for an item.
-        last = feed(q[:, 0, 0], now_ms + (step + extra) * 1000, step + extra)
+        last = feed(q[:, 0, 0])  # the "next" query of the feedback outcome stands in for an item
     if timings is not None:
         timings["decode"] = time.perf_counter() - started
     return torch.stack(queries, dim=1)  # (B, steps, O, K, C)

@@ -105,7 +105,10 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | str | None,  # boolean (B, 1, T, P + T), "causal", or None (attend to all)
+        past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
@@ -116,7 +119,10 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, c)
             v = torch.cat([past[1], v], dim=2)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, c)
+        causal = isinstance(mask, str)  # "causal": no padding and no cache
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if causal else mask, dropout_p=dropout, is_causal=causal
+        )  # (B, H, T, c)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y), (k, v)
 
@@ -202,13 +208,29 @@ class PinRecModel(nn.Module):
         previous_ms: torch.Tensor,  # (B, T) time of each token's predecessor (itself for the first)
         positions: torch.Tensor,  # (B, T)
     ) -> torch.Tensor:
-        parts = [item_vectors]
+        context = self.token_context(actions, surfaces, times_ms, previous_ms, positions)
+        return self.dropout(self.token_with(item_vectors, context))  # (B, T, C)
+
+    def token_context(
+        self,
+        actions: torch.Tensor,
+        surfaces: torch.Tensor,
+        times_ms: torch.Tensor,
+        previous_ms: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Everything of an input token but its item (B, T, C): the token projection is linear over
+        [item; time features], so decoding computes this part for all steps before the loop."""
+        x = self.position(positions) + self.token.bias
         if self.time is not None:
-            parts.append(self.time(times_ms, previous_ms))
-        x = self.token(torch.cat(parts, dim=-1)) + self.position(positions)
+            dim = self.config.dim
+            x = x + F.linear(self.time(times_ms, previous_ms), self.token.weight[:, dim:])
         if self.action is not None:
             x = x + self.action(actions) + self.surface(surfaces)
-        return self.dropout(x)  # (B, T, C)
+        return x
+
+    def token_with(self, item_vectors: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        return F.linear(item_vectors, self.token.weight[:, : self.config.dim]) + context
 
     # --- backbone -------------------------------------------------------------------------------------
 
@@ -220,11 +242,16 @@ class PinRecModel(nn.Module):
         B, T, _ = x.shape
         total = key_valid.shape[1]
         past = total - T
-        query_at = torch.arange(past, total).view(T, 1)
-        key_at = torch.arange(total).view(1, total)
-        causal = key_at <= query_at  # (T, P + T)
-        mask = (causal & key_valid[:, None, :]) | (key_at == query_at)  # (B, T, P + T)
-        mask = mask[:, None]  # (B, 1, T, P + T)
+        if past == 0 and bool(key_valid.all()):
+            mask = "causal"  # no padding: the fast causal path (prefill of one request)
+        elif T == 1 and bool(key_valid.all()):
+            mask = None  # one new token that may see everything (decoding one request)
+        else:
+            query_at = torch.arange(past, total).view(T, 1)
+            key_at = torch.arange(total).view(1, total)
+            causal = key_at <= query_at  # (T, P + T)
+            mask = (causal & key_valid[:, None, :]) | (key_at == query_at)  # (B, T, P + T)
+            mask = mask[:, None]  # (B, 1, T, P + T)
         new_cache: KVCache = []
         for i, block in enumerate(self.blocks):
             x, layer_cache = block(x, mask, cache[i] if cache is not None else None)

@@ -78,6 +78,12 @@ class LoadedModel:
         at = np.searchsorted(ids, raw_ids).clip(0, len(ids) - 1)
         return np.where(ids[at] == raw_ids, at + 1, 0)
 
+    def indexed(self, history: History) -> History:
+        """The history with item indices for raw ids; items the artifact does not know are dropped."""
+        items = self.index_of(history.items)
+        known = items > 0
+        return History(items[known], history.actions[known], history.surfaces[known], history.times_ms[known])
+
     def context_vector(self, request: RecommendRequest) -> torch.Tensor | None:
         if request.subject_item_id is not None:
             index = int(self.index_of(np.array([request.subject_item_id]))[0])
@@ -160,11 +166,7 @@ class Recommender:
         staleness = None
         if history is not None and len(history.items):
             staleness = max(0.0, (now_ms - int(history.times_ms[-1])) / 1000)
-            items = model.index_of(history.items)
-            known = items > 0
-            history = History(
-                items[known], history.actions[known], history.surfaces[known], history.times_ms[known]
-            )
+            history = model.indexed(history)
             items = history.items
         context = model.context_vector(request)
         seen = items

@@ -89,9 +89,11 @@ def build(settings: ServeSettings) -> tuple[Recommender, list]:
     from pinrec.serving.predictor import SurfaceModel
 
     settings.validate()
-    threads = settings.threads or 1
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
+    # Small per-token matrices gain nothing from intra-op threads; faiss splits a request's queries over
+    # the CPUs. Concurrency comes from the inference pool (one request per CPU at once).
+    cpus = len(os.sched_getaffinity(0))
+    torch.set_num_threads(settings.threads or 1)
+    faiss.omp_set_num_threads(settings.faiss_threads or cpus)
     model = LoadedModel.load(Path(os.path.realpath(settings.artifacts)))
     sequences = None
     if settings.features is not None:
@@ -108,7 +110,7 @@ def build(settings: ServeSettings) -> tuple[Recommender, list]:
             f"unknown surface(s) {', '.join(unknown)}; "
             f"the artifact has {', '.join(model.vocabulary.surfaces)}"
         )
-    workers = settings.workers or len(os.sched_getaffinity(0))
+    workers = settings.workers or cpus
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
     return recommender, [SurfaceModel(surface, recommender, executor) for surface in surfaces]
 

@@ -21,7 +21,8 @@ class ServeSettings:
     default_steps: int = 3  # decode steps when a request names none (the paper: 3 unconditioned)
     max_history: int = 1_000  # events in an explicit history (the model reads its newest max_len)
     max_instances: int = 64  # per v1 request
-    threads: int = 0  # torch and faiss threads per inference; 0 = one
+    threads: int = 0  # torch intra-op threads; 0 = one
+    faiss_threads: int = 0  # faiss threads per search; 0 = one per available CPU
     workers: int = 0  # inferences that run at once; 0 = one per available CPU
     watch_interval_s: float = 2.0  # how often the artifact path is checked for a new version
     merge_threshold: float = 0.9  # cosine above which two queries merge (method §7)

@@ -208,7 +208,7 @@ def measure_kv(config: ServeBenchConfig, recommender, users: list[int]) -> dict:
     histories = recommender.read_histories_for(users[: config.kv_requests])
     times = {True: [], False: []}
     for history in histories:
-        batch = _history_batch(history, model.max_len, int(time.time() * 1000))
+        batch = _history_batch(model.indexed(history), model.max_len, int(time.time() * 1000))
         now = batch.times[:, -1] + 1
         for use_cache in (True, False):
             started = time.perf_counter()
@@ -236,7 +236,7 @@ def measure_index_recall(
     surface = model.vocabulary.surface_code(config.surface)
     queries = []
     for history in recommender.read_histories_for(users[:50]):
-        batch = _history_batch(history, model.max_len, int(time.time() * 1000))
+        batch = _history_batch(model.indexed(history), model.max_len, int(time.time() * 1000))
         q = generate_queries(model.model, batch, surface, codes, config.steps, batch.times[:, -1] + 1)
         queries.append(q.reshape(-1, q.shape[-1]).numpy())
     queries = np.concatenate(queries)
