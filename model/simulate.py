@@ -389,15 +389,38 @@ def build_catalog(config: SimulationConfig, world: World) -> Catalog:
         relevance = query_vectors[topic] @ latent.T + 0.1 * np.log(world.item_popularity[members])
         rows = slice(topic * config.query_variants, (topic + 1) * config.query_variants)
         results[rows] = _top(members, relevance, results.shape[1])
+        neighbours[members] = _neighbours(members, latent, neighbours.shape[1], rng)
+    return Catalog(by_topic, topics_sorted + share, query_vectors, results, neighbours)
+
+
+NEIGHBOUR_CANDIDATES = 4096  # a topic larger than this finds related items among a sample of it (ours)
+
+
+def _neighbours(members: np.ndarray, latent: np.ndarray, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Each member's `width` most similar other members of its topic; in topics of more than
+    NEIGHBOUR_CANDIDATES items (million-item catalogs), among that many sampled members, in row chunks."""
+    if len(members) <= NEIGHBOUR_CANDIDATES:
         similarity = latent @ latent.T
         np.fill_diagonal(similarity, -np.inf)
-        neighbours[members] = _top(members, similarity, neighbours.shape[1])
-    return Catalog(by_topic, topics_sorted + share, query_vectors, results, neighbours)
+        return _top(members, similarity, width)
+    sample = np.sort(rng.choice(len(members), NEIGHBOUR_CANDIDATES, replace=False))
+    out = np.empty((len(members), width), dtype=np.int64)
+    for first in range(0, len(members), 4096):
+        rows = np.arange(first, min(first + 4096, len(members)))
+        similarity = latent[rows] @ latent[sample].T
+        similarity[rows[:, None] == sample[None, :]] = -np.inf
+        out[rows] = _top(members[sample], similarity, width)
+    return out
 
 
 def _top(members: np.ndarray, scores: np.ndarray, width: int) -> np.ndarray:
     """The `width` best members per row of scores, best first; -1 where there are fewer (or -inf)."""
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
+    if scores.shape[1] > 4 * width:  # only the best `width` need sorting
+        best = np.argpartition(-scores, width, axis=1)[:, :width]
+        inner = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+        order = np.take_along_axis(best, inner, axis=1)
+    else:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :width]
     picked = np.where(np.isfinite(np.take_along_axis(scores, order, axis=1)), members[order], -1)
     return np.pad(picked, ((0, 0), (0, width - picked.shape[1])), constant_values=-1)
 
