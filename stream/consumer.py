@@ -26,6 +26,7 @@ from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
 from pinrec.stream.merge import merge_events
 from pinrec.stream.metrics import ConsumerMetrics
+from pinrec.stream.security import kafka_client_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,9 +117,12 @@ class SequenceConsumer:
             max_poll_interval_ms=600_000,  # a store outage may hold one batch for minutes
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            **kafka_client_options(),
         )
         self.consumer.subscribe([settings.topic], listener=_ClearCacheOnRebalance(self.cache, metrics))
-        self.dlq = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+        self.dlq = KafkaProducer(
+            bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5, **kafka_client_options()
+        )
         self._stop_deadline: float | None = None
         self._next_lag_check = 0.0
 

@@ -11,6 +11,7 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from pinrec.stream.events import Event
+from pinrec.stream.security import kafka_client_options
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,12 @@ def produce(
     """Send every event (keyed by user id) and flush. rate: events per second, paced evenly (None: as fast
     as possible). stamp_now: set each event's ts_ms to its send time, as a live client would."""
     producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=256 * 1024, enable_idempotence=True
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        batch_size=256 * 1024,
+        enable_idempotence=True,
+        **kafka_client_options(),
     )
     started = time.monotonic()
     sent = 0

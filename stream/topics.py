@@ -10,6 +10,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from pinrec.stream.security import kafka_client_options
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,10 @@ def broker_ready(bootstrap: str, timeout_ms: int = 2000) -> bool:
         return False
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=timeout_ms,
+            bootstrap_timeout_ms=timeout_ms,
+            **kafka_client_options(),
         )
     except KafkaError:
         return False
@@ -43,7 +48,7 @@ def broker_ready(bootstrap: str, timeout_ms: int = 2000) -> bool:
 
 def ensure_topics(bootstrap: str, partitions: Mapping[str, int], replication_factor: int = 1) -> None:
     """Create each topic with its partition count; existing topics are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_options())
     try:
         existing = set(admin.list_topics())
         new = [
@@ -61,7 +66,7 @@ def ensure_topics(bootstrap: str, partitions: Mapping[str, int], replication_fac
 
 
 def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_options())
     try:
         admin.delete_topics(list(names))
     except UnknownTopicOrPartitionError:
