@@ -1,0 +1,291 @@
+{{/* Names, labels and the pieces of pod specs that several workloads share. */}}
+
+{{- define "pinrec.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pinrec.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<suffix>", within the 63 characters of a DNS label. */}}
+{{- define "pinrec.componentName" -}}
+{{- printf "%s-%s" (include "pinrec.fullname" .ctx | trunc (int (sub 62 (len .component)))) .component | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pinrec.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "pinrec.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "pinrec.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "pinrec.labels" -}}
+helm.sh/chart: {{ include "pinrec.chart" . }}
+{{ include "pinrec.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: pinrec
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Usage: include "pinrec.componentLabels" (dict "ctx" $ "component" "consumer") */}}
+{{- define "pinrec.componentLabels" -}}
+{{ include "pinrec.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "pinrec.componentSelectorLabels" -}}
+{{ include "pinrec.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "pinrec.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "pinrec.kafkaImage" -}}
+{{- printf "%s:%s" .Values.kafka.image.repository .Values.kafka.image.tag -}}
+{{- end -}}
+
+{{- define "pinrec.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "pinrec.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pinrec.isvcName" -}}
+{{- default (include "pinrec.fullname" .) .Values.predictor.name | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Pod-level fields every pod of the release shares. */}}
+{{- define "pinrec.podCommon" -}}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "pinrec.containerSecurityContext" -}}
+securityContext:
+  {{- toYaml .Values.containerSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{- define "pinrec.tmpVolume" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{- define "pinrec.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Kafka */}}
+
+{{- define "pinrec.eventsTopic" -}}
+{{- .Values.kafka.topics.events.name -}}
+{{- end -}}
+
+{{- define "pinrec.dlqTopic" -}}
+{{- printf "%s.dlq" .Values.kafka.topics.events.name -}}
+{{- end -}}
+
+{{- define "pinrec.kafkaBootstrap" -}}
+{{- if .Values.kafka.builtin.enabled -}}
+{{- printf "%s.%s.svc:9092" (include "pinrec.componentName" (dict "ctx" . "component" "kafka")) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.kafka.external.bootstrap -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pinrec.kafkaSecurityProtocol" -}}
+{{- if .Values.kafka.builtin.enabled -}}PLAINTEXT{{- else -}}{{ .Values.kafka.external.securityProtocol }}{{- end -}}
+{{- end -}}
+
+{{- define "pinrec.kafkaCaEnabled" -}}
+{{- $protocol := include "pinrec.kafkaSecurityProtocol" . -}}
+{{- if and (hasSuffix "SSL" $protocol) .Values.kafka.external.tls.caSecret.name -}}true{{- end -}}
+{{- end -}}
+
+{{/* The PINREC_KAFKA_* variables of stream/security.py; secrets come from existing Secrets only. */}}
+{{- define "pinrec.kafkaEnv" -}}
+{{- $protocol := include "pinrec.kafkaSecurityProtocol" . -}}
+- name: PINREC_KAFKA_BOOTSTRAP
+  value: {{ include "pinrec.kafkaBootstrap" . | quote }}
+- name: PINREC_KAFKA_SECURITY_PROTOCOL
+  value: {{ $protocol | quote }}
+{{- if hasPrefix "SASL" $protocol }}
+- name: PINREC_KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.external.sasl.mechanism | quote }}
+- name: PINREC_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.external.sasl.secretName }}
+      key: {{ .Values.kafka.external.sasl.usernameKey }}
+- name: PINREC_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.external.sasl.secretName }}
+      key: {{ .Values.kafka.external.sasl.passwordKey }}
+{{- end }}
+{{- if include "pinrec.kafkaCaEnabled" . }}
+- name: PINREC_KAFKA_SSL_CAFILE
+  value: /etc/pinrec/kafka-ca/{{ .Values.kafka.external.tls.caSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{- define "pinrec.kafkaCaVolume" -}}
+{{- if include "pinrec.kafkaCaEnabled" . }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.external.tls.caSecret.name }}
+    items:
+      - key: {{ .Values.kafka.external.tls.caSecret.key }}
+        path: {{ .Values.kafka.external.tls.caSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{- define "pinrec.kafkaCaMount" -}}
+{{- if include "pinrec.kafkaCaEnabled" . }}
+- name: kafka-ca
+  mountPath: /etc/pinrec/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Feature store */}}
+
+{{- define "pinrec.featureRepoClaim" -}}
+{{- default (include "pinrec.componentName" (dict "ctx" . "component" "feature-repo")) .Values.featureStore.repository.existingClaim -}}
+{{- end -}}
+
+{{- define "pinrec.redisHost" -}}
+{{- if .Values.redis.builtin.enabled -}}
+{{- printf "%s.%s.svc" (include "pinrec.componentName" (dict "ctx" . "component" "redis")) .Release.Namespace -}}
+{{- else -}}
+{{- .Values.redis.external.host -}}
+{{- end -}}
+{{- end -}}
+
+{{/* PINREC_REDIS_URL: the password (from an existing Secret) is spliced in by Kubernetes' $(VAR) expansion,
+so it never appears in the rendered manifest. */}}
+{{- define "pinrec.redisUrl" -}}
+{{- if .Values.redis.builtin.enabled -}}
+{{- printf "redis://%s:6379/0" (include "pinrec.redisHost" .) -}}
+{{- else -}}
+{{- $scheme := ternary "rediss" "redis" (.Values.redis.external.tls | default false) -}}
+{{- $auth := ternary ":$(REDIS_PASSWORD)@" "" (ne .Values.redis.external.passwordSecret.name "") -}}
+{{- printf "%s://%s%s:%v/%v" $scheme $auth .Values.redis.external.host .Values.redis.external.port .Values.redis.external.db -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "pinrec.featureStoreEnv" -}}
+- name: HOME
+  value: /tmp/pinrec
+- name: PINREC_HOME
+  value: /tmp/pinrec
+- name: PINREC_FEATURE_REPO
+  value: {{ .Values.featureStore.repository.mountPath | quote }}
+- name: PINREC_ONLINE_STORE
+  value: {{ .Values.featureStore.onlineStore | quote }}
+- name: PINREC_FEAST_PROJECT
+  value: {{ .Values.featureStore.project | quote }}
+{{- with .Values.featureStore.actions }}
+- name: PINREC_ACTIONS
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.featureStore.surfaces }}
+- name: PINREC_SURFACES
+  value: {{ . | quote }}
+{{- end }}
+{{- if eq .Values.featureStore.onlineStore "redis" }}
+{{- if and (not .Values.redis.builtin.enabled) .Values.redis.external.passwordSecret.name }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.passwordSecret.name }}
+      key: {{ .Values.redis.external.passwordSecret.key }}
+{{- end }}
+- name: PINREC_REDIS_URL
+  value: {{ include "pinrec.redisUrl" . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "pinrec.featureRepoVolume" -}}
+- name: feature-repo
+  persistentVolumeClaim:
+    claimName: {{ include "pinrec.featureRepoClaim" . }}
+{{- end -}}
+
+{{- define "pinrec.featureRepoMount" -}}
+- name: feature-repo
+  mountPath: {{ .Values.featureStore.repository.mountPath }}
+{{- end -}}
+
+{{/* Model artifacts */}}
+
+{{- define "pinrec.modelsClaim" -}}
+{{- if .Values.model.pvc.create -}}
+{{- include "pinrec.componentName" (dict "ctx" . "component" "models") -}}
+{{- else -}}
+{{- .Values.model.pvc.claimName -}}
+{{- end -}}
+{{- end -}}
+
+{{/* What `pinrec serve --artifacts` reads: KServe's download folder, or a path inside the mounted claim. */}}
+{{- define "pinrec.artifactsPath" -}}
+{{- if .Values.model.storageUri -}}
+/mnt/models
+{{- else -}}
+{{- printf "/mnt/models/%s" (.Values.model.pvc.path | trimPrefix "/") | trimSuffix "/" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Refuse values that would deploy something broken. */}}
+{{- define "pinrec.validate" -}}
+{{- $partitions := int .Values.kafka.topics.events.partitions -}}
+{{- if gt (int .Values.consumer.replicas) $partitions -}}
+{{- fail (printf "consumer.replicas (%d) must not exceed kafka.topics.events.partitions (%d): a consumer group never gives one partition to two members, so the extra replicas would sit idle" (int .Values.consumer.replicas) $partitions) -}}
+{{- end -}}
+{{- if and (not .Values.kafka.builtin.enabled) (not .Values.kafka.external.bootstrap) -}}
+{{- fail "set kafka.external.bootstrap or enable kafka.builtin" -}}
+{{- end -}}
+{{- if and .Values.kafka.builtin.enabled (gt (int .Values.kafka.topics.events.replicationFactor) 1) -}}
+{{- fail "the built-in Kafka has one broker: set kafka.topics.events.replicationFactor to 1" -}}
+{{- end -}}
+{{- if and (hasPrefix "SASL" (include "pinrec.kafkaSecurityProtocol" .)) (not .Values.kafka.external.sasl.secretName) -}}
+{{- fail "kafka.external.securityProtocol SASL_* needs kafka.external.sasl.secretName (an existing Secret)" -}}
+{{- end -}}
+{{- if and (eq .Values.featureStore.onlineStore "redis") (not .Values.redis.builtin.enabled) (not .Values.redis.external.host) -}}
+{{- fail "the redis online store needs redis.external.host or redis.builtin.enabled" -}}
+{{- end -}}
+{{- if and (not .Values.model.storageUri) (not (include "pinrec.modelsClaim" .)) -}}
+{{- fail "set model.storageUri, model.pvc.claimName or model.pvc.create" -}}
+{{- end -}}
+{{- if and .Values.model.bootstrap.enabled .Values.model.storageUri -}}
+{{- fail "model.bootstrap trains into the model claim: leave model.storageUri empty" -}}
+{{- end -}}
+{{- if gt (int .Values.predictor.minReplicas) (int .Values.predictor.maxReplicas) -}}
+{{- fail "predictor.minReplicas must not exceed predictor.maxReplicas" -}}
+{{- end -}}
+{{- end -}}
