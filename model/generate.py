@@ -44,6 +44,7 @@ def generate_queries(
     use_cache: bool = True,
     context: torch.Tensor | None = None,  # (B, C) a surface context vector appended after the history
     timings: dict[str, float] | None = None,  # filled with the prefill and decode seconds
+    item_table: torch.Tensor | None = None,  # (V + 1, C) item vectors computed once (the server's)
 ) -> torch.Tensor:
     """Queries (B, steps, O, K, C) for O outcomes and the model's K offsets. use_cache=False recomputes the
     whole sequence at every step (the reference the KV cache must equal, and its speed baseline).
@@ -61,10 +62,10 @@ def generate_queries(
     surface_grid = torch.full((B, n_outcomes, offsets), surface)
 
     valid = history.items > 0
-    hidden, cache = model.encode(**history.to_dict())
+    hidden, cache = model.encode(**history.to_dict(), item_table=item_table)
     last = hidden[:, -1]  # (B, C)
     # Embedded history tokens, kept for the no-cache reference that re-runs everything each step.
-    tokens = [] if use_cache else [model.embed_history(**history.to_dict())]
+    tokens = [] if use_cache else [model.embed_history(**history.to_dict(), item_table=item_table)]
     length = valid.sum(dim=1)  # real tokens per row
     previous = history.times[:, -1]
 

@@ -111,10 +111,8 @@ class CausalSelfAttention(nn.Module):
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (
-            t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v)
-        )  # (B, H, T, c)
+        qkv = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, T, c) each
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, P + T, c)
             v = torch.cat([past[1], v], dim=2)
@@ -123,7 +121,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None if causal else mask, dropout_p=dropout, is_causal=causal
         )  # (B, H, T, c)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C)
         return self.proj(y), (k, v)
 
 
@@ -264,13 +262,19 @@ class PinRecModel(nn.Module):
         actions: torch.Tensor,
         surfaces: torch.Tensor,
         times_ms: torch.Tensor,
+        item_table: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
         """Hidden states (B, T, C) of whole histories and the KV cache for decoding after them."""
-        x = self.embed_history(items, actions, surfaces, times_ms)
+        x = self.embed_history(items, actions, surfaces, times_ms, item_table)
         return self.backbone(x, items > 0)
 
     def embed_history(
-        self, items: torch.Tensor, actions: torch.Tensor, surfaces: torch.Tensor, times_ms: torch.Tensor
+        self,
+        items: torch.Tensor,
+        actions: torch.Tensor,
+        surfaces: torch.Tensor,
+        times_ms: torch.Tensor,
+        item_table: torch.Tensor | None = None,  # (V + 1, C) precomputed item vectors (the server's)
     ) -> torch.Tensor:
         """Input tokens (B, T, C) of left-padded histories: positions count real tokens, and each token's
         predecessor time is the previous real token's (its own for the first)."""
@@ -278,7 +282,8 @@ class PinRecModel(nn.Module):
         positions = (valid.long().cumsum(dim=1) - 1).clamp(min=0)
         previous = torch.cat([times_ms[:, :1], times_ms[:, :-1]], dim=1)
         previous = torch.where(valid & (positions > 0), previous, times_ms)
-        return self.embed(self.items(items), actions, surfaces, times_ms, previous, positions)
+        vectors = self.items(items) if item_table is None else item_table[items]
+        return self.embed(vectors, actions, surfaces, times_ms, previous, positions)
 
     def query(
         self,

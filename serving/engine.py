@@ -199,6 +199,7 @@ class Recommender:
                 head,
                 context=None if context is None else context[None, :],
                 timings=timings,
+                item_table=model.item_vectors,
             )[0].numpy()
         searched = time.perf_counter()
         planned = plan_queries(queries, codes, list(request.shares), request.k, self.settings.merge_threshold)

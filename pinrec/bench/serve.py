@@ -214,7 +214,15 @@ def measure_kv(config: ServeBenchConfig, recommender, users: list[int]) -> dict:
             timings: dict[str, float] = {}
             started = time.perf_counter()
             generate_queries(
-                model.model, batch, surface, codes, config.steps, now, use_cache=use_cache, timings=timings
+                model.model,
+                batch,
+                surface,
+                codes,
+                config.steps,
+                now,
+                use_cache=use_cache,
+                timings=timings,
+                item_table=model.item_vectors,
             )
             timings["total"] = time.perf_counter() - started
             for phase, seconds in timings.items():
@@ -248,7 +256,10 @@ def measure_index_recall(
     queries = []
     for history in recommender.read_histories_for(users[:50]):
         batch = _history_batch(model.indexed(history), model.max_len, int(time.time() * 1000))
-        q = generate_queries(model.model, batch, surface, codes, config.steps, batch.times[:, -1] + 1)
+        now = batch.times[:, -1] + 1
+        q = generate_queries(
+            model.model, batch, surface, codes, config.steps, now, item_table=model.item_vectors
+        )
         queries.append(q.reshape(-1, q.shape[-1]).numpy())
     queries = np.concatenate(queries)
     queries = queries[
