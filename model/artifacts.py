@@ -78,6 +78,7 @@ def save_artifact(
     extra: dict | None = None,
     popularity: np.ndarray | None = None,
     query_items: QueryItems | None = None,
+    index_queries: np.ndarray | None = None,  # the model's queries for training users (index recall)
 ) -> Path:
     if path.exists():
         raise FileExistsError(f"{path} exists; artifacts are immutable, choose a new directory")
@@ -94,7 +95,7 @@ def save_artifact(
         )
     with torch.no_grad():
         vectors = model.items.all_items().numpy()
-    index = build_index(vectors, index_settings or IndexSettings())
+    index = build_index(vectors, index_settings or IndexSettings(), queries=index_queries)
     np.save(partial / "items.npy", np.asarray(item_ids, dtype=np.int64))
     np.save(partial / "item_embeddings.npy", vectors)
     counts = popularity if popularity is not None else np.zeros(len(item_ids) + 1, dtype=np.int64)
@@ -115,7 +116,13 @@ def save_artifact(
         "heads": list(model.heads.keys()),
         "items": len(item_ids),
         "data_fingerprint": fingerprint,
-        "index": {"kind": index.kind, "recall_at_100": index.recall_at_100, "size": index.size},
+        "index": {
+            "kind": index.kind,
+            "recall_at_100": index.recall_at_100,
+            "size": index.size,
+            "nprobe": getattr(index.index, "nprobe", None),
+            "recall_measured_on": "model queries" if index_queries is not None else "perturbed item vectors",
+        },
         "metrics": metrics or {},
         **(extra or {}),
     }
@@ -146,6 +153,8 @@ def load_artifact(path: Path) -> Artifact:
     vocabulary = Vocabulary(
         tuple(manifest["actions"]), tuple(manifest["surfaces"]), frozenset(manifest["unsequenced_actions"])
     )
+    if manifest["index"].get("nprobe"):
+        index.nprobe = manifest["index"]["nprobe"]
     item_index = ItemIndex(index, manifest["index"]["kind"], manifest["index"]["recall_at_100"])
     item_ids = np.load(path / "items.npy")
     popularity_path = path / "popularity.npy"

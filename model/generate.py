@@ -220,3 +220,18 @@ def _round_budgets(budgets: list[float], total: int) -> list[int]:
     for i in by_remainder[: max(short, 0)]:
         floors[i] += 1
     return floors
+
+
+def sample_queries(model: PinRecModel, data, users: int = 100, steps: int = 3, seed: int = 0) -> np.ndarray:
+    """Queries (N, C) the model generates for a sample of users of PreparedData (their newest history,
+    the data's outcome mix, its main surface): what the index's recall is measured on when it is built."""
+    from pinrec.model.sequences import recent_histories
+
+    histories = data.histories
+    rows = np.random.default_rng(seed).choice(
+        len(histories.user_ids), min(users, len(histories.user_ids)), replace=False
+    )
+    outcomes, _ = data.outcome_mix()
+    inputs = recent_histories(histories, rows, histories.offsets[rows + 1], model.config.max_len)
+    queries = generate_queries(model, inputs, data.primary_surface, outcomes, steps, inputs.times[:, -1] + 1)
+    return queries.reshape(-1, queries.shape[-1]).numpy()

@@ -21,10 +21,14 @@ EXACT_UP_TO = 200_000  # items; above this an approximate index answers in well 
 @dataclass(frozen=True)
 class IndexSettings:
     kind: str = "auto"  # "exact" | "ivf" | "auto" (exact up to EXACT_UP_TO items)
-    # IVF: about 4 * sqrt(V) lists, each query scans nprobe of them (ours; tuned for recall@100 >= 0.95).
+    # IVF: about 4 * sqrt(V) lists; each query scans nprobe of them, the smallest of IVF_PROBES that reaches
+    # target_recall (recall@100 against exact search on sample queries) at build time (ours).
     ivf_lists: int = 0  # 0 = 4 * sqrt(V)
-    ivf_probe: int = 48
+    target_recall: float = 0.95
     recall_queries: int = 500  # sample queries for the recall measurement at build time
+
+
+IVF_PROBES = (32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 @dataclass
@@ -44,7 +48,12 @@ class ItemIndex:
         return scores, np.where(rows >= 0, rows + 1, 0)
 
 
-def build_index(vectors: np.ndarray, settings: IndexSettings = IndexSettings(), seed: int = 0) -> ItemIndex:
+def build_index(
+    vectors: np.ndarray,
+    settings: IndexSettings = IndexSettings(),
+    seed: int = 0,
+    queries: np.ndarray | None = None,  # the model's own queries, to measure recall on (else perturbed items)
+) -> ItemIndex:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     count, dim = vectors.shape
     kind = settings.kind if settings.kind != "auto" else ("exact" if count <= EXACT_UP_TO else "ivf")
@@ -61,20 +70,33 @@ def build_index(vectors: np.ndarray, settings: IndexSettings = IndexSettings(), 
     sample = vectors[rng.choice(count, size=min(count, lists * 64), replace=False)]
     index.train(sample)
     index.add(vectors)
-    index.nprobe = settings.ivf_probe
-    recall = _recall_at(index, exact, vectors, settings.recall_queries, 100, rng)
+    probes = _recall_queries(vectors, queries, settings.recall_queries, rng)
+    _, truth = exact.search(probes, 100)
+    recall = 0.0
+    for nprobe in (p for p in IVF_PROBES if p <= lists):
+        index.nprobe = nprobe
+        recall = _recall_at(index, probes, truth)
+        if recall >= settings.target_recall:
+            break
     log.info(
         "IVF index over %d items: %d lists, nprobe %d, recall@100 %.4f", count, lists, index.nprobe, recall
     )
     return ItemIndex(index, "ivf", recall)
 
 
-def _recall_at(approximate, exact, vectors, queries: int, k: int, rng: np.random.Generator) -> float:
-    """Queries are perturbed item vectors (they look like the model's queries: near, not on, items)."""
-    picked = vectors[rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)]
+def _recall_queries(vectors, queries, count: int, rng: np.random.Generator) -> np.ndarray:
+    """The given queries (a sample of them), or perturbed item vectors: near, not on, items."""
+    if queries is not None and len(queries):
+        queries = np.asarray(queries, dtype=np.float32).reshape(-1, vectors.shape[1])
+        return np.ascontiguousarray(
+            queries[rng.choice(len(queries), size=min(count, len(queries)), replace=False)]
+        )
+    picked = vectors[rng.choice(len(vectors), size=min(count, len(vectors)), replace=False)]
     noisy = picked + rng.normal(scale=0.05, size=picked.shape).astype(np.float32)
-    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-    _, truth = exact.search(noisy, k)
-    _, found = approximate.search(noisy, k)
+    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+
+def _recall_at(approximate, queries: np.ndarray, truth: np.ndarray) -> float:
+    _, found = approximate.search(queries, truth.shape[1])
     hits = sum(len(np.intersect1d(t, f)) for t, f in zip(truth, found, strict=True))
     return hits / truth.size

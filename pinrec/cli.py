@@ -63,10 +63,20 @@ def _add_local(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
-    demo = subparsers.add_parser("demo", help="run the end-to-end demo on embedded defaults")
-    demo.add_argument("--events", type=int, default=20_000, help="events to stream through Kafka")
-    demo.add_argument("--users", type=int, default=1_000, help="distinct users in the event stream")
-    demo.add_argument("--keep-running", action="store_true", help="leave the local stack up afterwards")
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole system end to end on embedded defaults (about 5 minutes on 2 cores)",
+        description="Starts the local stack, simulates a world, trains and finetunes the model, starts the "
+        "model server and the stream consumer, streams users' activity through Kafka, shows live "
+        "recommendations change and outcome budgets steer them, and writes a report.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-report"), help="report folder (default demo-report)"
+    )
+    demo.add_argument("--quick", action="store_true", help="a smaller world and shorter training (tests)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the stack, server and consumer up afterwards"
+    )
     demo.add_argument("--no-install", action="store_true", help="do not provision missing tools first")
 
 
@@ -175,15 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             return serve_commands.run_serve(args, settings)
         if args.command == "bench":
             return _run_bench(args)
-        from pinrec.demo import run_demo
+        from pinrec.demo import demo_config, run_demo
 
-        return run_demo(
-            settings,
-            events=args.events,
-            users=args.users,
-            keep_running=args.keep_running,
-            install=not args.no_install,
-        )
+        return run_demo(settings, demo_config(args))
     except (RuntimeError, ValueError, TimeoutError, FileNotFoundError, FileExistsError) as error:
         log.error("%s", error)
         return 1

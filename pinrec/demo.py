@@ -1,201 +1,229 @@
-"""`pinrec demo`: the main job on embedded defaults.
+"""`pinrec demo`: the whole system on embedded defaults, on one machine, in minutes.
 
-Today it provisions and starts the local stack, streams synthetic engagement events (in the event contract
-of the architecture) through a real Kafka topic keyed by user, reads them back with a consumer group, checks
-that every event arrived exactly once and in order per user, and has Prometheus scrape the demo's own
-throughput metric. Model training, serving and the Feast consumer join as their issues land.
+1. the local stack: a real Kafka broker, Feast with SQLite and Parquet, Prometheus when installed;
+2. a synthetic multi-surface world; the backbone pretrained, a head finetuned per surface, the index built;
+3. the KServe model server and the stream consumer as separate processes;
+4. users' activity streamed through Kafka into Feast; one user's new actions arrive live and their
+   recommendations change, with the measured event-to-recommendation freshness;
+5. every surface (with its context) under two outcome budgets: the retrieved outcome mix and diversity;
+6. a summary read back from Prometheus (or the /metrics endpoints) and a report folder (Markdown + PNGs);
+7. everything it started is stopped, also on Ctrl-C, unless --keep-running.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import random
 import time
-import urllib.parse
-import urllib.request
-import uuid
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer
-from prometheus_client import CollectorRegistry, Counter, start_http_server
-from tqdm import tqdm
 
-from pinrec.localstack.processes import pick_port, wait_until
+from pinrec.demo_report import DemoFacts, scrape_summary, write_report
 from pinrec.localstack.provision import install_all
 from pinrec.localstack.stack import LocalStack
 from pinrec.settings import LocalStackSettings
-from pinrec.stream.topics import delete_topics, ensure_topics
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("impression", "click", "save", "long_click", "outbound")
-SURFACES = ("home", "search", "related")
+TOPIC = "pinrec.events"
 
 
 @dataclass(frozen=True)
-class RoundTrip:
-    events: int
-    produce_s: float
-    consume_s: float
-    exactly_once: bool
-    ordered_per_user: bool
-    latency_p50_ms: float
-    latency_p99_ms: float
+class DemoConfig:
+    out: Path = Path("demo-report")
+    users: int = 1_500  # simulated users (the world)
+    items: int = 6_000
+    days: int = 21
+    train_minutes: float = 1.5  # pretraining budget
+    finetune_epochs: int = 8
+    streamed_users: int = 300  # users whose activity goes through Kafka into Feast
+    live_events: int = 8  # new actions of the demo user
+    keep_running: bool = False
+    install: bool = True
+    seed: int = 0
 
-
-def synthetic_events(count: int, users: int, seed: int = 7) -> list[dict]:
-    """Events in the Kafka contract with Zipf-like user activity and increasing event times per user."""
-    rng = random.Random(seed)
-    weights = [1.0 / (rank + 1) for rank in range(users)]
-    now_ms = int(time.time() * 1000)
-    events = []
-    for user_id in rng.choices(range(1, users + 1), weights=weights, k=count):
-        now_ms += rng.randint(0, 3)
-        events.append(
-            {
-                "v": 1,
-                "event_id": uuid.uuid4().hex,
-                "user_id": user_id,
-                "item_id": rng.randint(1, 50_000),
-                "action": rng.choice(ACTIONS),
-                "surface": rng.choice(SURFACES),
-                "ts_ms": now_ms,
-            }
+    @classmethod
+    def quick(cls, **overrides) -> DemoConfig:
+        """The reduced demo of the test suite (about a minute of work)."""
+        values = dict(
+            users=300, items=1_500, days=10, train_minutes=0.25, finetune_epochs=2, streamed_users=60
         )
-    return events
+        return cls(**(values | overrides))
 
 
-def _produce(bootstrap: str, topic: str, events: list[dict]) -> float:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
-    started = time.monotonic()
-    for event in events:
-        producer.send(
-            topic,
-            key=str(event["user_id"]).encode(),
-            value=json.dumps(event).encode(),
-            timestamp_ms=int(time.time() * 1000),
-        )
-    producer.flush()
-    producer.close()
-    return time.monotonic() - started
+class Steps:
+    """A numbered progress display: `[3/8] pretraining the backbone ...  41 s`."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.step_started = self.started
+
+    def start(self, what: str) -> None:
+        self.done += 1
+        self.step_started = time.monotonic()
+        print(f"[{self.done}/{self.total}] {what} ...", flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"      {text}  ({time.monotonic() - self.step_started:.0f} s)", flush=True)
 
 
-def stream_round_trip(bootstrap: str, topic: str, events: list[dict], counter: Counter) -> RoundTrip:
-    """Produce in a thread while a consumer group reads; check exactly-once and per-user order."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"{topic}-demo",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    wait_until(
-        lambda: consumer.poll(timeout_ms=200) == {} and bool(consumer.assignment()),
-        what="consumer group assignment",
-        timeout_s=30,
-    )
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        produce_s = pool.submit(_produce, bootstrap, topic, events)
-        seen: dict[str, int] = defaultdict(int)
-        per_user: dict[int, list[int]] = defaultdict(list)
-        latencies_ms: list[float] = []
-        started = time.monotonic()
-        with tqdm(total=len(events), desc="events through Kafka", unit="ev") as bar:
-            while bar.n < len(events) and time.monotonic() - started < 120:
-                for messages in consumer.poll(timeout_ms=500, max_records=2000).values():
-                    for message in messages:
-                        event = json.loads(message.value)
-                        seen[event["event_id"]] += 1
-                        per_user[event["user_id"]].append(event["ts_ms"])
-                        latencies_ms.append(time.time() * 1000 - message.timestamp)
-                    counter.inc(len(messages))
-                    bar.update(len(messages))
-                consumer.commit()
-        consume_s = time.monotonic() - started
-        consumer.close()
-        latencies = np.array(latencies_ms) if latencies_ms else np.array([np.nan])
-        expected = {event["event_id"] for event in events}
-        return RoundTrip(
-            events=len(events),
-            produce_s=produce_s.result(),
-            consume_s=consume_s,
-            exactly_once=set(seen) == expected and all(count == 1 for count in seen.values()),
-            ordered_per_user=all(ts == sorted(ts) for ts in per_user.values()),
-            latency_p50_ms=float(np.quantile(latencies, 0.5)),
-            latency_p99_ms=float(np.quantile(latencies, 0.99)),
-        )
+def run_demo(settings: LocalStackSettings, config: DemoConfig) -> int:
+    steps = Steps(8)
+    work = config.out / "work"
+    if work.exists():
+        import shutil
 
-
-def prometheus_value(url: str, query: str) -> float | None:
-    request = f"{url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
-    with urllib.request.urlopen(request, timeout=5) as response:
-        result = json.load(response)["data"]["result"]
-    return float(result[0]["value"][1]) if result else None
-
-
-def run_demo(
-    settings: LocalStackSettings, *, events: int, users: int, keep_running: bool, install: bool
-) -> int:
-    if install:
-        log.info("provisioning tools (first run downloads Kafka jars and Debian packages)")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    steps.start("starting the local stack (Kafka broker, Prometheus when installed; Feast on SQLite)")
+    if config.install:
         install_all(settings, go_tools=False)
-    # Services this run starts die with it (even on kill -9) unless the user wants them kept.
-    stack = LocalStack(settings, bound_to_parent=not keep_running)
-    log.info("starting the local stack")
-    started = stack.up({"redis": None, "prometheus": None})
-    try:
+    stack = LocalStack(settings, bound_to_parent=not config.keep_running)
+    started = stack.up({"redis": False, "prometheus": None})
+    with ExitStack() as cleanup:
+        if not config.keep_running:
+            cleanup.callback(stack.down, only=started)
         report = stack.status()
-        bootstrap = report["kafka"]["bootstrap"]
-        registry = CollectorRegistry()
-        counter = Counter(
-            "pinrec_demo_events_consumed_total", "Demo events read back from Kafka", registry=registry
-        )
-        metrics_port = pick_port(0)
-        metrics_server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=registry)
-        target = stack.register_scrape_target("demo", f"127.0.0.1:{metrics_port}")
-
-        topic = f"pinrec.demo.events.{uuid.uuid4().hex[:8]}"
-        ensure_topics(bootstrap, {topic: 3})
-        result = stream_round_trip(bootstrap, topic, synthetic_events(events, users), counter)
-        delete_topics(bootstrap, [topic])
-
-        scraped = None
-        if report["prometheus"]["up"]:
-            url = report["prometheus"]["url"]
-            query = "pinrec_demo_events_consumed_total"
-            wait_until(
-                lambda: (prometheus_value(url, query) or 0) >= events, what="Prometheus scrape", timeout_s=30
+        steps.note(
+            f"kafka {report['kafka']['bootstrap']}; prometheus "
+            + (
+                report["prometheus"]["url"]
+                if report["prometheus"]["up"]
+                else "not installed (metrics read from /metrics)"
             )
-            scraped = prometheus_value(url, query)
-        metrics_server.shutdown()
-        if target:
-            target.unlink()
-        _print_summary(report, result, scraped)
-        ok = result.exactly_once and result.ordered_per_user
-        if keep_running:
-            print("\nthe stack keeps running; stop it with `pinrec local down`")
-        return 0 if ok else 1
-    finally:
-        if not keep_running:
-            stack.down(only=started)
-
-
-def _print_summary(report: dict[str, dict], result: RoundTrip, scraped: float | None) -> None:
-    print("\nPinRec demo summary")
-    for name, info in report.items():
-        print(
-            f"  {name:<11} {'up' if info['up'] else 'down':<5} "
-            f"{info.get('bootstrap') or info.get('url') or info.get('reason', '')}"
         )
-    print(f"  events through Kafka    {result.events:,} (3 partitions, keyed by user)")
-    print(f"  produce rate            {result.events / result.produce_s:,.0f} events/s")
-    print(f"  consume rate            {result.events / result.consume_s:,.0f} events/s")
-    print(f"  produce-to-consume p50  {result.latency_p50_ms:,.0f} ms, p99 {result.latency_p99_ms:,.0f} ms")
-    print(f"  exactly once            {result.exactly_once}")
-    print(f"  ordered per user        {result.ordered_per_user}")
-    if scraped is not None:
-        print(f"  Prometheus scraped      pinrec_demo_events_consumed_total = {scraped:,.0f}")
+        facts = _run(config, steps, stack, report, work, cleanup)
+        facts.total_seconds = time.monotonic() - steps.started
+        steps.start(f"writing the report to {config.out}/")
+        summary = write_report(config.out, facts)
+        print("\n" + summary)
+        if config.keep_running:
+            cleanup.pop_all()  # leave the stack, the server and the consumer up
+            _print_running(facts)
+    return 0
+
+
+def _run(config, steps, stack, report, work: Path, cleanup: ExitStack) -> DemoFacts:
+    from pinrec.demo_model import train_demo_model
+    from pinrec.demo_traffic import live_freshness, stream_histories, surface_mixes
+    from pinrec.featurestore.store import FeatureStoreSettings, apply
+    from pinrec.server_process import launch
+    from pinrec.stream.topics import ensure_topics
+
+    facts = DemoFacts(config=config, stack=report)
+    bootstrap = report["kafka"]["bootstrap"]
+    prometheus = report["prometheus"]["url"] if report["prometheus"]["up"] else None
+
+    steps.start("simulating the world, pretraining the backbone, finetuning a head per surface")
+    model = train_demo_model(config, work, steps.note)
+    facts.model = model
+
+    steps.start("starting the KServe model server and the stream consumer (separate processes)")
+    features = FeatureStoreSettings(repo_dir=work / "feature_repo")
+    apply(features)
+    ensure_topics(bootstrap, {TOPIC: 3, f"{TOPIC}.dlq": 1})
+    serve_args = ["serve", "--artifacts", str(model.artifact), "--repo", str(features.repo_dir)]
+    serve_args += ["--online-store", "sqlite"]
+    server = launch("pinrec.cli", serve_args, work / "serve.log", bound_to_parent=not config.keep_running)
+    cleanup.callback(server.stop)
+    consumer = _start_consumer(bootstrap, features, work, config.keep_running)
+    cleanup.callback(consumer.stop)
+    for job, address in (("serve", server.http.removeprefix("http://")), ("consume", consumer.address)):
+        target = stack.register_scrape_target(job, address)
+        if target is not None and not config.keep_running:
+            cleanup.callback(target.unlink, missing_ok=True)
+    facts.server, facts.consumer_metrics = server, f"http://{consumer.address}/metrics"
+    facts.consumer_pid = consumer.process.pid
+    steps.note(f"REST {server.http}, gRPC {server.grpc}, consumer metrics {facts.consumer_metrics}")
+
+    steps.start(f"streaming {config.streamed_users} users' activity through Kafka into Feast")
+    facts.stream = stream_histories(bootstrap, TOPIC, model, config, facts.consumer_metrics)
+    steps.note(
+        f"{facts.stream.events:,} events, {facts.stream.events_per_s:,.0f} events/s into the online store"
+    )
+
+    steps.start("live: new actions of one user arrive; do their recommendations change?")
+    facts.live = live_freshness(bootstrap, TOPIC, server, model, config)
+    steps.note(f"recommendations changed {facts.live.freshness_ms:,.0f} ms after the events were sent")
+
+    steps.start("every surface with its context, under two outcome budgets")
+    facts.mixes, facts.traffic = surface_mixes(server, model, facts.live.user_id)
+
+    steps.start("reading the metrics back" + (" from Prometheus" if prometheus else " from /metrics"))
+    facts.metrics = scrape_summary(prometheus, server.http, facts.consumer_metrics)
+    return facts
+
+
+@dataclass
+class _Consumer:
+    process: object
+    address: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()  # finishes its batch and commits
+            try:
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()
+
+
+def _start_consumer(bootstrap: str, features, work: Path, keep_running: bool) -> _Consumer:
+    import sys
+
+    from pinrec.localstack.processes import pick_port, spawn, wait_until
+
+    port = pick_port(0)
+    command = [sys.executable, "-m", "pinrec.cli", "consume", "--bootstrap", bootstrap, "--topic", TOPIC]
+    command += ["--repo", str(features.repo_dir), "--online-store", "sqlite", "--metrics-port", str(port)]
+    log_path = work / "consume.log"
+    process = spawn(command, log_path, bound_to_parent=not keep_running)
+    consumer = _Consumer(process, f"127.0.0.1:{port}")
+
+    def ready() -> bool:
+        import requests
+
+        try:
+            return requests.get(f"http://{consumer.address}/metrics", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    wait_until(
+        ready,
+        what="the stream consumer",
+        timeout_s=60,
+        alive=lambda: process.poll() is None,
+        log_path=log_path,
+    )
+    return consumer
+
+
+def _print_running(facts: DemoFacts) -> None:
+    server, user = facts.server, facts.live.user_id
+    grpc = f"grpc_stub('{server.grpc}').ModelInfer(grpc_request('search', {{'user_id': {user}, 'k': 5}}))"
+    body = f'{{"instances": [{{"user_id": {user}, "k": 10, "budget": {{"save": 0.6, "click": 0.4}}}}]}}'
+    v2 = f'{{"inputs": [{{"name": "user_id", "datatype": "INT64", "shape": [1], "data": [{user}]}}]}}'
+    print(
+        "\nEverything keeps running: the local stack (stop it with `pinrec local down`), the model server "
+        f"(pid {server.process.pid}) and the consumer (pid {facts.consumer_pid}).\n"
+        f"  REST      {server.http} (v1 and v2), metrics {server.http}/metrics\n"
+        f"  gRPC      {server.grpc}\n"
+        f"  consumer  {facts.consumer_metrics}\n"
+        "Try:\n"
+        f"  curl -s {server.http}/v1/models/home:predict -d '{body}'\n"
+        f"  curl -s {server.http}/v2/models/related/infer -d '{v2}'\n"
+        f'  .venv/bin/python -c "from pinrec.serving.client import *; print(grpc_outputs({grpc}))"'
+    )
+
+
+def demo_config(args) -> DemoConfig:
+    config = DemoConfig.quick() if args.quick else DemoConfig()
+    return replace(config, out=args.out, keep_running=args.keep_running, install=not args.no_install)
+
+
+def sample_users(histories, count: int, seed: int) -> np.ndarray:
+    """Rows of the users with the most history (they make the clearest story), up to count."""
+    lengths = np.diff(histories.offsets)
+    return np.argsort(-lengths, kind="stable")[:count]

@@ -133,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
     from pinrec.featurestore.schema import Vocabulary
     from pinrec.model.artifacts import data_fingerprint, save_artifact
     from pinrec.model.contexts import search_query_items
+    from pinrec.model.generate import sample_queries
     from pinrec.model.loaders import load_dataset
     from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
     from pinrec.model.sequences import leave_one_out
@@ -165,6 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
         popularity=data.catalog.counts,
         query_items=search_query_items(data.log, data.catalog, vocabulary),
         extra={"outcome_mix": outcome_mix(data)},
+        index_queries=sample_queries(model, data),
     )
     plot_curves({args.variant: result.curve}, args.out / "training-curve.png", "NDCG@10")
     print(f"wrote {args.out} (validation NDCG@10 {result.best_metric:.4f}, {result.seconds:.0f} s)")
@@ -177,6 +179,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
     from pinrec.model.contexts import search_query_items
     from pinrec.model.finetune import finetune_surface
+    from pinrec.model.generate import sample_queries
     from pinrec.model.loaders import load_dataset
     from pinrec.model.pretrain import prepare
 
@@ -212,6 +215,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         popularity=data.catalog.counts,
         query_items=search_query_items(data.log, data.catalog, vocabulary),
         extra={"outcome_mix": outcome_mix(data)},
+        index_queries=sample_queries(artifact.model, data),
     )
     print(f"wrote {args.out} with heads {', '.join(artifact.model.heads.keys())}")
     return 0

@@ -60,7 +60,7 @@ def add_bench_parser(kinds: argparse._SubParsersAction) -> None:
     )
     bench.add_argument("--artifact", type=Path, help="benchmark this artifact (default: train one)")
     bench.add_argument("--items", type=int, default=1_000_000, help="catalog size of the trained artifact")
-    bench.add_argument("--train-minutes", type=float, default=1.0, help="training time of that artifact")
+    bench.add_argument("--train-minutes", type=float, default=3.0, help="training time of that artifact")
     bench.add_argument("--history", type=int, default=200, help="events per user sequence")
     bench.add_argument("--steps", type=int, default=6, help="decode steps per request")
     bench.add_argument("--k", type=int, default=100, help="items per request (the budget)")

@@ -42,13 +42,14 @@ def launch(
     log_path: Path,
     timeout_s: float = 180,
     env: dict[str, str] | None = None,
+    bound_to_parent: bool = True,  # the server dies with this process (False: it outlives it)
 ) -> ServerProcess:
     """`python -m module ARGUMENTS --http-port P --grpc-port G`, ready on /v2/health/ready."""
     http_port = pick_port(0)
     grpc_port = pick_port(0, taken=[http_port])
     command = [sys.executable, "-m", module, *arguments, "--http-port", str(http_port)]
     command += ["--grpc-port", str(grpc_port)]
-    process = spawn(command, log_path, bound_to_parent=True, env=env)
+    process = spawn(command, log_path, bound_to_parent=bound_to_parent, env=env)
     server = ServerProcess(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path)
     try:
         wait_until(

@@ -15,7 +15,7 @@ from pinrec.model.config import DAY_MS
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
 from pinrec.model.finetune import SurfaceSessions, allowed_offsets, draw_offsets, finetune_surface
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
-from pinrec.model.index import IndexSettings, build_index
+from pinrec.model.index import IVF_PROBES, IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
 from pinrec.model.sequences import Examples, future_window, leave_one_out, recent_histories, training_batches
@@ -279,3 +279,14 @@ def test_finetuning_offsets_follow_the_pretraining_windows():
     ]
     drawn = draw_offsets(allowed, np.random.default_rng(0)).numpy()
     assert allowed[np.arange(3), drawn].all()
+
+
+def test_ivf_index_probes_enough_lists_to_reach_its_target_recall():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    vectors = centres[rng.integers(0, 20, 5000)] + 0.3 * rng.normal(size=(5000, 16))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    queries = vectors[:200] + 0.1 * rng.normal(size=(200, 16)).astype(np.float32)
+    index = build_index(vectors, IndexSettings(kind="ivf", ivf_lists=64, target_recall=0.95), queries=queries)
+    assert index.kind == "ivf" and index.recall_at_100 >= 0.95
+    assert index.index.nprobe in IVF_PROBES and index.index.nprobe <= 64

@@ -238,12 +238,10 @@ def _load(served, seconds: float, errors: list, versions: set) -> int:
                     answer = grpc_outputs(stub.ModelInfer(grpc_request(surface, instance), timeout=10))
                     versions.add(answer["model_version"][0])
                 else:
-                    send = rest_v1 if count % 3 == 1 else None
-                    response = (
-                        send(served.http, surface, [instance])
-                        if send
-                        else rest_v2(served.http, surface, instance)
-                    )
+                    if count % 3 == 1:
+                        response = rest_v1(served.http, surface, [instance])
+                    else:
+                        response = rest_v2(served.http, surface, instance)
                     if response.status_code != 200:
                         errors.append(response.text)
                     else:

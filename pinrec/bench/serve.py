@@ -33,7 +33,7 @@ class ServeBenchConfig:
     items: int = 1_000_000  # catalog of the synthetic world
     users: int = 2_000
     days: int = 14
-    train_minutes: float = 1.0
+    train_minutes: float = 3.0
     history: int = 200  # events per user in the feature store (and the model's max_len)
     steps: int = 6
     k: int = 100  # the budget N
@@ -114,6 +114,7 @@ def build_artifact(config: ServeBenchConfig, out: Path):
     from pinrec.featurestore.schema import Vocabulary
     from pinrec.model.artifacts import data_fingerprint, save_artifact
     from pinrec.model.contexts import search_query_items
+    from pinrec.model.generate import sample_queries
     from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
     from pinrec.model.sequences import leave_one_out
     from pinrec.model.simulate import SimulationConfig, simulate
@@ -139,6 +140,7 @@ def build_artifact(config: ServeBenchConfig, out: Path):
         popularity=data.catalog.counts,
         query_items=search_query_items(data.log, data.catalog, vocabulary),
         extra={"outcome_mix": outcome_mix(data)},
+        index_queries=sample_queries(model, data, steps=config.steps),
     )
     return path, data
 
