@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 export PINREC_HOME ?= $(CURDIR)/.pinrec
 
-.PHONY: setup tools demo test lint lock local-up local-down clean
+.PHONY: setup tools demo test lint k8s-validate lock local-up local-down clean
 
 # Python environment from the lock file (uv is pinned and itself in the lock's dev extra).
 $(VENV)/.synced: requirements.lock pyproject.toml
@@ -31,6 +31,11 @@ demo: setup
 lint: $(VENV)/.synced
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Offline checks of everything deployed to Kubernetes (no cluster, no network): helm lint/template with every
+# values file, kubeconform -strict against local schemas, promtool check rules, shellcheck.
+k8s-validate: tools
+	bash scripts/k8s-validate.sh
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: setup lint
