@@ -5,7 +5,7 @@
    feedback outcome (the one with the largest share) back as the following token, with that outcome as its
    action, the request's surface and the request time.
 3. Split the budget N across outcomes by their shares, and within an outcome evenly over its queries; merge
-   queries whose cosine similarity exceeds a threshold (their budgets add up).
+   queries of the same outcome whose cosine similarity exceeds a threshold (their budgets add up).
 4. Search the index for every query with over-fetch, drop items already seen, let the queries take their
    shares in turns by rank (an item already taken is skipped, so the over-fetch fills in for duplicates),
    and keep for every item the outcome and step of the query that found it.
@@ -150,15 +150,18 @@ def plan_queries(
 
 
 def merge_similar(planned: list[PlannedQuery], threshold: float) -> list[PlannedQuery]:
-    """Greedy: a query within `threshold` cosine of a kept one adds its budget to it (earlier steps and
-    larger budgets are kept first, so a merged query keeps the label of the earliest, largest one)."""
+    """Greedy, within each outcome: a query within `threshold` cosine of a kept query of the same outcome
+    adds its budget to it (earlier steps and larger budgets are kept first, so a merged query keeps the
+    label of the earliest, largest one). Queries of different outcomes never merge, so the request's
+    outcome split is kept exactly (ours; the paper merges near-duplicates without saying across what)."""
     kept: list[PlannedQuery] = []
     for query in sorted(planned, key=lambda q: (q.step, -q.budget)):
-        if kept:
-            similarity = np.stack([k.vector for k in kept]) @ query.vector
+        same = [k for k in kept if k.outcome == query.outcome]
+        if same:
+            similarity = np.stack([k.vector for k in same]) @ query.vector
             best = int(similarity.argmax())
             if similarity[best] > threshold:
-                kept[best].budget += query.budget
+                same[best].budget += query.budget
                 continue
         kept.append(PlannedQuery(query.vector, query.budget, query.outcome, query.step))
     return kept

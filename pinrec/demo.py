@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pinrec.demo_report import DemoFacts, scrape_summary, write_report
+from pinrec.demo_report import DemoFacts, freshness_buckets, scrape_summary, write_report
 from pinrec.localstack.provision import install_all
 from pinrec.localstack.stack import LocalStack
 from pinrec.settings import LocalStackSettings
@@ -145,6 +145,7 @@ def _run(config, steps, stack, report, work: Path, cleanup: ExitStack) -> DemoFa
     )
 
     steps.start("live: new actions of one user arrive; do their recommendations change?")
+    baseline = freshness_buckets(facts.consumer_metrics)
     facts.live = live_freshness(bootstrap, TOPIC, server, model, config)
     steps.note(f"recommendations changed {facts.live.freshness_ms:,.0f} ms after the events were sent")
 
@@ -152,7 +153,7 @@ def _run(config, steps, stack, report, work: Path, cleanup: ExitStack) -> DemoFa
     facts.mixes, facts.traffic = surface_mixes(server, model, facts.live.user_id)
 
     steps.start("reading the metrics back" + (" from Prometheus" if prometheus else " from /metrics"))
-    facts.metrics = scrape_summary(prometheus, server.http, facts.consumer_metrics)
+    facts.metrics = scrape_summary(prometheus, server.http, facts.consumer_metrics, baseline)
     return facts
 
 

@@ -139,15 +139,18 @@ def test_hit_rate_and_ndcg_on_a_hand_made_ranking():
     assert metrics["ndcg@10"] == pytest.approx((1.0 + 1 / math.log2(4)) / 2)
 
 
-def test_merging_near_duplicate_queries_adds_budgets():
+def test_merging_near_duplicate_queries_of_one_outcome_adds_budgets():
     a = np.array([1.0, 0.0], dtype=np.float32)
     b = np.array([0.995, 0.0998], dtype=np.float32)  # cosine ~0.995
     c = np.array([0.0, 1.0], dtype=np.float32)
     merged = merge_similar(
-        [PlannedQuery(a, 10, 1, 0), PlannedQuery(b, 5, 2, 1), PlannedQuery(c, 5, 1, 1)], 0.9
+        [PlannedQuery(a, 10, 1, 0), PlannedQuery(b, 5, 1, 1), PlannedQuery(c, 5, 1, 1)], 0.9
     )
     assert [q.budget for q in merged] == [15, 5]
     assert merged[0].outcome == 1 and merged[0].step == 0
+    # The same near-duplicate asked for another outcome keeps its own budget: the outcome split holds.
+    apart = merge_similar([PlannedQuery(a, 10, 1, 0), PlannedQuery(b, 5, 2, 1)], 0.9)
+    assert [(q.outcome, q.budget) for q in apart] == [(1, 10), (2, 5)]
 
 
 def test_budget_split_follows_outcome_shares_and_excludes_seen_items(data):
