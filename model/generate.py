@@ -196,11 +196,16 @@ def retrieve(
     ranked = [(found[i][fresh[i]].tolist(), scores[i][fresh[i]].tolist()) for i in range(len(planned))]
     taken: dict[int, tuple[float, int]] = {}  # item -> (score, query)
     counts = [0] * len(planned)
+    open_queries = [i for i, quota in enumerate(quotas) if quota > 0]
     for rank in range(depth):
-        for i, (items, item_scores) in enumerate(ranked):
-            if counts[i] < quotas[i] and rank < len(items) and items[rank] not in taken:
+        if not open_queries:
+            break
+        for i in open_queries:
+            items, item_scores = ranked[i]
+            if rank < len(items) and items[rank] not in taken:
                 taken[items[rank]] = (item_scores[rank], i)
                 counts[i] += 1
+        open_queries = [i for i in open_queries if counts[i] < quotas[i] and rank + 1 < len(ranked[i][0])]
     # Diversity: how much the queries' own top-quota lists overlap (before the turns fill the gaps).
     own = [np.asarray(items[:q], dtype=np.int64) for (items, _), q in zip(ranked, quotas, strict=True)]
     all_fetched = np.concatenate(own) if own else np.zeros(0, dtype=np.int64)

@@ -84,6 +84,11 @@ class ArtifactWatcher(threading.Thread):
         return True
 
 
+def set_threads(torch_threads: int, faiss_threads: int) -> None:
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)
+
+
 def build(settings: ServeSettings) -> tuple[Recommender, list]:
     """The recommender and one KServe model per surface (everything but the network servers)."""
     from pinrec.serving.predictor import SurfaceModel
@@ -92,8 +97,7 @@ def build(settings: ServeSettings) -> tuple[Recommender, list]:
     # Small per-token matrices gain nothing from intra-op threads; faiss splits a request's queries over
     # the CPUs. Concurrency comes from the inference pool (one request per CPU at once).
     cpus = len(os.sched_getaffinity(0))
-    torch.set_num_threads(settings.threads or 1)
-    faiss.omp_set_num_threads(settings.faiss_threads or cpus)
+    set_threads(settings.threads or 1, settings.faiss_threads or cpus)
     model = LoadedModel.load(Path(os.path.realpath(settings.artifacts)))
     sequences = None
     if settings.features is not None:
@@ -111,7 +115,13 @@ def build(settings: ServeSettings) -> tuple[Recommender, list]:
             f"the artifact has {', '.join(model.vocabulary.surfaces)}"
         )
     workers = settings.workers or cpus
-    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inference")
+    # OpenMP thread counts are per calling thread: set them in every inference thread, not only here.
+    executor = ThreadPoolExecutor(
+        max_workers=workers,
+        thread_name_prefix="inference",
+        initializer=set_threads,
+        initargs=(settings.threads or 1, settings.faiss_threads or cpus),
+    )
     return recommender, [SurfaceModel(surface, recommender, executor) for surface in surfaces]
 
 

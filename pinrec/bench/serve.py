@@ -9,6 +9,7 @@ configuration with histories of 200), unless --artifact names one.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import torch
 
 from pinrec.bench.report import print_table, write_json
 from pinrec.server_process import ServerProcess, launch
@@ -320,9 +320,10 @@ def measure_server(server: ServerProcess, config: ServeBenchConfig, users: list[
 def run_serve_bench(config: ServeBenchConfig, json_path: Path | None) -> dict:
     from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, open_store
     from pinrec.serving.engine import LoadedModel, Recommender
+    from pinrec.serving.server import set_threads
     from pinrec.serving.settings import ServeSettings
 
-    torch.set_num_threads(1)
+    set_threads(1, len(os.sched_getaffinity(0)))  # as the server does
     with tempfile.TemporaryDirectory(prefix="pinrec-bench-serve-") as scratch:
         work = Path(scratch)
         data = None
