@@ -22,13 +22,15 @@ EXACT_UP_TO = 200_000  # items; above this an approximate index answers in well 
 class IndexSettings:
     kind: str = "auto"  # "exact" | "ivf" | "auto" (exact up to EXACT_UP_TO items)
     # IVF: about 4 * sqrt(V) lists; each query scans nprobe of them, the smallest of IVF_PROBES that reaches
-    # target_recall (recall@100 against exact search on sample queries) at build time (ours).
+    # target_recall (recall@100 against exact search on sample queries) at build time, or the last one that
+    # still gained MIN_RECALL_GAIN (ours).
     ivf_lists: int = 0  # 0 = 4 * sqrt(V)
     target_recall: float = 0.95
     recall_queries: int = 500  # sample queries for the recall measurement at build time
 
 
 IVF_PROBES = (32, 48, 64, 96, 128, 192, 256, 384, 512)
+MIN_RECALL_GAIN = 0.02  # below the target, a larger nprobe must gain this much recall to be chosen (ours)
 
 
 @dataclass
@@ -72,12 +74,17 @@ def build_index(
     index.add(vectors)
     probes = _recall_queries(vectors, queries, settings.recall_queries, rng)
     _, truth = exact.search(probes, 100)
-    recall = 0.0
+    recall, previous = 0.0, None
     for nprobe in (p for p in IVF_PROBES if p <= lists):
         index.nprobe = nprobe
         recall = _recall_at(index, probes, truth)
         if recall >= settings.target_recall:
             break
+        if previous is not None and recall - previous[1] < MIN_RECALL_GAIN:
+            # Scanning more lists no longer pays (near-tied items spread over many lists): keep the cheaper.
+            index.nprobe, recall = previous
+            break
+        previous = (nprobe, recall)
     log.info(
         "IVF index over %d items: %d lists, nprobe %d, recall@100 %.4f", count, lists, index.nprobe, recall
     )
