@@ -33,10 +33,10 @@ TOPIC = "pinrec.events"
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path = Path("demo-report")
-    users: int = 1_500  # simulated users (the world)
+    users: int = 3_000  # simulated users (the world)
     items: int = 6_000
     days: int = 21
-    train_minutes: float = 1.5  # pretraining budget
+    train_minutes: float = 3.0  # pretraining budget
     finetune_epochs: int = 8
     streamed_users: int = 300  # users whose activity goes through Kafka into Feast
     live_events: int = 8  # new actions of the demo user

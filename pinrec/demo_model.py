@@ -45,7 +45,9 @@ def train_demo_model(config, work: Path, note: Callable[[str], None]) -> DemoMod
     split = future_window(data.histories, 3 * DAY_MS, seed=config.seed)
     model_config = base_config(data, max_len=200, offsets_ms=(0, HOUR_MS, DAY_MS, 7 * DAY_MS))
     model = new_model(model_config, data, seed=config.seed)
-    budget = TrainConfig(time_budget_s=config.train_minutes * 60, seed=config.seed, progress=False)
+    budget = TrainConfig(
+        time_budget_s=config.train_minutes * 60, patience=10, seed=config.seed, progress=False
+    )  # a small validation set is noisy: more patience
     result = pretrain(model, data, split.train_ends, split.valid, budget, name="pretrain")
     note(
         f"pretrained {result.epochs} epochs in {result.seconds:.0f} s, "
