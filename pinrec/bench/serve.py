@@ -334,6 +334,7 @@ def run_serve_bench(config: ServeBenchConfig, json_path: Path | None) -> dict:
             artifact, data = build_artifact(config, work / "artifact")
         else:
             artifact = config.artifact
+        set_threads(1, len(os.sched_getaffinity(0)))  # again: training set torch's threads to every CPU
         features = FeatureStoreSettings(repo_dir=work / "repo")
         model = LoadedModel.load(artifact)
         users = store_histories(config, model.artifact.item_ids, data, features)
