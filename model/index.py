@@ -77,7 +77,7 @@ def build_index(
     recall, previous = 0.0, None
     for nprobe in (p for p in IVF_PROBES if p <= lists):
         index.nprobe = nprobe
-        recall = _recall_at(index, probes, truth)
+        recall = recall_at(index, probes, truth)
         if recall >= settings.target_recall:
             break
         if previous is not None and recall - previous[1] < MIN_RECALL_GAIN:
@@ -103,7 +103,8 @@ def _recall_queries(vectors, queries, count: int, rng: np.random.Generator) -> n
     return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
 
 
-def _recall_at(approximate, queries: np.ndarray, truth: np.ndarray) -> float:
+def recall_at(approximate, queries: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the exact top-k (truth: item rows, (Q, k)) that the approximate index also returns."""
     _, found = approximate.search(queries, truth.shape[1])
     hits = sum(len(np.intersect1d(t, f)) for t, f in zip(truth, found, strict=True))
     return hits / truth.size

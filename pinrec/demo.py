@@ -163,12 +163,9 @@ class _Consumer:
     address: str
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()  # finishes its batch and commits
-            try:
-                self.process.wait(30)
-            except Exception:
-                self.process.kill()
+        from pinrec.server_process import terminate
+
+        terminate(self.process)  # the consumer finishes its batch and commits
 
 
 def _start_consumer(bootstrap: str, features, work: Path, keep_running: bool) -> _Consumer:
@@ -224,7 +221,7 @@ def demo_config(args) -> DemoConfig:
     return replace(config, out=args.out, keep_running=args.keep_running, install=not args.no_install)
 
 
-def sample_users(histories, count: int, seed: int) -> np.ndarray:
+def sample_users(histories, count: int) -> np.ndarray:
     """Rows of the users with the most history (they make the clearest story), up to count."""
     lengths = np.diff(histories.offsets)
     return np.argsort(-lengths, kind="stable")[:count]

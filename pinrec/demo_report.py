@@ -32,7 +32,8 @@ class DemoFacts:
 # --- metrics ------------------------------------------------------------------------------------------
 
 
-def _families(url: str) -> dict[str, list]:
+def scrape(url: str) -> dict[str, list]:
+    """The samples of a /metrics endpoint, by sample name."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, list] = {}
@@ -53,10 +54,10 @@ def histogram_quantile(samples: list, quantile: float, **labels: str) -> float |
         return None
     bounds = sorted(buckets)
     counts = [buckets[b] for b in bounds]
-    total = counts[-1]
-    if total <= 0:
+    observed = counts[-1]
+    if observed <= 0:
         return None
-    rank = quantile * total
+    rank = quantile * observed
     lower_bound, lower_count = 0.0, 0.0
     for bound, count in zip(bounds, counts, strict=True):
         if count >= rank:
@@ -69,7 +70,7 @@ def histogram_quantile(samples: list, quantile: float, **labels: str) -> float |
     return bounds[-2] if len(bounds) > 1 else None
 
 
-def _total(samples: list, **labels: str) -> float:
+def total(samples: list, **labels: str) -> float:
     return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
@@ -86,7 +87,7 @@ def _prometheus(url: str, query: str) -> float | None:
 
 def freshness_buckets(consumer_metrics: str) -> list:
     """The consumer's freshness histogram now (to subtract from a later scrape)."""
-    return _families(consumer_metrics).get("pinrec_feature_freshness_seconds_bucket", [])
+    return scrape(consumer_metrics).get("pinrec_feature_freshness_seconds_bucket", [])
 
 
 def _minus(after: list, before: list) -> list:
@@ -100,8 +101,8 @@ def scrape_summary(
 ) -> dict:
     """Latency per stage (p50/p99), freshness, diversity and throughput from the processes' /metrics; when
     Prometheus runs, the same request counter and p99 are read back from it too (it scrapes both)."""
-    serve = _families(f"{server_http}/metrics")
-    consume = _families(consumer_metrics)
+    serve = scrape(f"{server_http}/metrics")
+    consume = scrape(consumer_metrics)
     stage_buckets = serve.get("pinrec_request_stage_seconds_bucket", [])
     summary: dict = {"stages": {}}
     for stage in STAGES:
@@ -124,12 +125,12 @@ def scrape_summary(
         serve.get("pinrec_response_pairwise_cosine_distance_sum", []),
         serve.get("pinrec_response_pairwise_cosine_distance_count", []),
     )
-    summary["unique_share_mean"] = _total(unique[0]) / max(_total(unique[1]), 1)
-    summary["pairwise_distance_mean"] = _total(distance[0]) / max(_total(distance[1]), 1)
-    summary["requests_ok"] = _total(serve.get("pinrec_requests_total", []), status="ok")
-    summary["requests_invalid"] = _total(serve.get("pinrec_requests_total", []), status="invalid")
-    summary["events_consumed"] = _total(consume.get("pinrec_consumer_events_consumed_total", []))
-    summary["events_dead_lettered"] = _total(consume.get("pinrec_consumer_events_dead_lettered_total", []))
+    summary["unique_share_mean"] = total(unique[0]) / max(total(unique[1]), 1)
+    summary["pairwise_distance_mean"] = total(distance[0]) / max(total(distance[1]), 1)
+    summary["requests_ok"] = total(serve.get("pinrec_requests_total", []), status="ok")
+    summary["requests_invalid"] = total(serve.get("pinrec_requests_total", []), status="invalid")
+    summary["events_consumed"] = total(consume.get("pinrec_consumer_events_consumed_total", []))
+    summary["events_dead_lettered"] = total(consume.get("pinrec_consumer_events_dead_lettered_total", []))
     summary["source"] = "/metrics"
     if prometheus:
         import time

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import requests
+import torch
 
+from pinrec.demo_report import scrape, total
 from pinrec.serving.client import grpc_outputs, grpc_request, grpc_stub, rest_v1, rest_v2
+from pinrec.serving.engine import pairwise_distance
 
 BUDGETS = {"saves": {"save": 0.8, "click": 0.2}, "clicks": {"click": 0.8, "save": 0.2}}
 
@@ -62,15 +65,8 @@ def _events(frame, shift_ms: int) -> list:
     return [Event(**(row | {"ts_ms": int(row["ts_ms"]) + shift_ms})) for row in rows]
 
 
-def _metric(url: str, name: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(requests.get(url, timeout=5).text):
-        for sample in family.samples:
-            if sample.name == name:
-                total += sample.value
-    return total
+def _consumed(consumer_metrics: str) -> float:
+    return total(scrape(consumer_metrics).get("pinrec_consumer_events_consumed_total", []))
 
 
 def stream_histories(bootstrap: str, topic: str, model, config, consumer_metrics: str) -> StreamFacts:
@@ -80,15 +76,15 @@ def stream_histories(bootstrap: str, topic: str, model, config, consumer_metrics
     from pinrec.stream.producer import produce
 
     data = model.data
-    users = data.histories.user_ids[sample_users(data.histories, config.streamed_users, config.seed)]
+    users = data.histories.user_ids[sample_users(data.histories, config.streamed_users)]
     frame = data.log.events[data.log.events["user_id"].isin(users)]
     shift = int(time.time() * 1000) - 60_000 - int(frame["ts_ms"].max())
     events = _events(frame, shift)
-    before = _metric(consumer_metrics, "pinrec_consumer_events_consumed_total")
+    before = _consumed(consumer_metrics)
     started = time.monotonic()
     produce(bootstrap, topic, events, stamp_now=False, total=len(events), progress=False)
     deadline = time.monotonic() + 300
-    while _metric(consumer_metrics, "pinrec_consumer_events_consumed_total") - before < len(events):
+    while _consumed(consumer_metrics) - before < len(events):
         if time.monotonic() > deadline:
             raise TimeoutError("the consumer did not write the streamed events within 5 minutes")
         time.sleep(0.2)
@@ -110,7 +106,7 @@ def live_freshness(bootstrap: str, topic: str, server, model, config) -> LiveFac
     from pinrec.stream.producer import produce
 
     data, world = model.data, model.world
-    row = int(sample_users(data.histories, 1, config.seed)[0])
+    row = int(sample_users(data.histories, 1)[0])
     user_id = int(data.histories.user_ids[row])
     engaged = data.catalog.item_ids[
         data.histories.items[data.histories.offsets[row] : data.histories.offsets[row + 1]] - 1
@@ -169,11 +165,7 @@ def surface_mixes(server, model, user_id: int) -> tuple[list[MixFacts], TrafficF
             answer = response.json()["predictions"][0]["items"]
             items = np.array([item["item_id"] for item in answer])
             labels = [item["outcome"] for item in answer]
-            rows = data.catalog.index_of(items) - 1
-            unit = vectors[rows]
-            n = len(unit)
-            total = unit.sum(axis=0)
-            distance = 1 - (float(total @ total) - n) / (n * (n - 1)) if n > 1 else 0.0
+            distance = pairwise_distance(torch.from_numpy(vectors[data.catalog.index_of(items) - 1]))
             mixes.append(
                 MixFacts(
                     surface,

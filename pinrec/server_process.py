@@ -27,13 +27,18 @@ class ServerProcess:
             return False
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s)
+
+
+def terminate(process: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM (servers and the consumer finish their work), SIGKILL after timeout_s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def launch(

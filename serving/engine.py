@@ -104,7 +104,7 @@ def sequence_history(sequence: UserSequence) -> History:
     )
 
 
-def _pairwise_distance(vectors: torch.Tensor) -> float:
+def pairwise_distance(vectors: torch.Tensor) -> float:
     """Mean cosine distance over pairs of distinct returned items (unit vectors)."""
     n = len(vectors)
     if n < 2:
@@ -144,21 +144,23 @@ class Recommender:
         )
 
     def read_histories(self, requests: list[RecommendRequest]) -> list[History | None]:
+        """Each request's explicit history, else its user's stored one (one read for the batch)."""
         wanted = [r.user_id for r in requests if r.history is None and r.user_id is not None]
-        stored = self.sequences.read(wanted) if (wanted and self.sequences is not None) else {}
-        return [
-            r.history
-            if r.history is not None
-            else (sequence_history(stored[r.user_id]) if r.user_id in stored else None)
-            for r in requests
-        ]
+        stored = dict(zip(wanted, self.read_histories_for(wanted), strict=True))
+        return [r.history if r.history is not None else stored.get(r.user_id) for r in requests]
 
     def read_histories_for(self, user_ids: list[int]) -> list[History | None]:
-        stored = self.sequences.read(user_ids) if self.sequences is not None else {}
+        stored = self.sequences.read(user_ids) if (user_ids and self.sequences is not None) else {}
         return [sequence_history(stored[u]) if u in stored else None for u in user_ids]
 
-    def recommend(self, request: RecommendRequest, surface: str, history: History | None) -> Recommendation:
-        model = self.current  # one model for the whole request, even if a swap happens meanwhile
+    def recommend(
+        self,
+        request: RecommendRequest,
+        surface: str,
+        history: History | None,
+        model: LoadedModel | None = None,  # default: the current one (a new artifact warms up with its own)
+    ) -> Recommendation:
+        model = model or self.current  # one model for the whole request, even if a swap happens meanwhile
         started = time.perf_counter()
         now_ms = request.now_ms if request.now_ms is not None else int(time.time() * 1000)
         timings: dict[str, float] = {}
@@ -215,7 +217,7 @@ class Recommender:
             context_used=False,
             model_version=model.version,
             unique_share=found.unique_share,
-            pairwise_distance=_pairwise_distance(model.item_vectors[found.items]),
+            pairwise_distance=pairwise_distance(model.item_vectors[found.items]),
             staleness_s=None,
         )
 
@@ -232,7 +234,7 @@ class Recommender:
             context_used=False,
             model_version=model.version,
             unique_share=1.0,
-            pairwise_distance=_pairwise_distance(model.item_vectors[picked]),
+            pairwise_distance=pairwise_distance(model.item_vectors[picked]),
             staleness_s=None,
         )
 

@@ -32,12 +32,7 @@ def warm_up(model: LoadedModel, recommender: Recommender) -> None:
         np.zeros(len(popular), dtype=np.int64),
         np.arange(len(popular), dtype=np.int64) * 1000,
     )
-    current = recommender.current
-    recommender.current = model
-    try:
-        recommender.recommend(request, model.vocabulary.surfaces[0], history)
-    finally:
-        recommender.current = current
+    recommender.recommend(request, model.vocabulary.surfaces[0], history, model)
 
 
 def check_compatible(old: LoadedModel, new: LoadedModel) -> None:

@@ -250,6 +250,7 @@ def measure_index_recall(
     import faiss
 
     from pinrec.model.generate import generate_queries
+    from pinrec.model.index import recall_at
     from pinrec.serving.engine import _history_batch
 
     model = recommender.current
@@ -270,9 +271,7 @@ def measure_index_recall(
     exact = faiss.IndexFlatIP(queries.shape[1])
     exact.add(model.item_vectors[1:].numpy())
     _, truth = exact.search(queries, 100)
-    _, found = model.artifact.index.search(queries, 100)
-    hits = sum(len(np.intersect1d(t + 1, f)) for t, f in zip(truth, found, strict=True))
-    return hits / truth.size
+    return recall_at(model.artifact.index.index, queries, truth)
 
 
 def _senders(server: ServerProcess, config: ServeBenchConfig, users: list[int]) -> dict[str, Callable]:
