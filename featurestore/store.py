@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import urllib.parse
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,24 +34,10 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class FeatureStoreSettings:
     """Where the Feast repository lives and which online store it uses."""
 
-    repo_dir: Path  # PINREC_FEATURE_REPO: registry, SQLite file and offline snapshots
-    online_store: Literal["sqlite", "redis"] = "sqlite"  # PINREC_ONLINE_STORE
-    redis_url: str | None = None  # PINREC_REDIS_URL, required for the redis online store
-    project: str = "pinrec"  # PINREC_FEAST_PROJECT: namespace of the keys in the online store
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides) -> FeatureStoreSettings:
-        home = Path(environ.get("PINREC_HOME") or Path.cwd() / ".pinrec")
-        values = {
-            "repo_dir": Path(environ.get("PINREC_FEATURE_REPO") or home / "feature_repo"),
-            "online_store": environ.get("PINREC_ONLINE_STORE") or "sqlite",
-            "redis_url": environ.get("PINREC_REDIS_URL") or None,
-            "project": environ.get("PINREC_FEAST_PROJECT") or "pinrec",
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        settings = cls(**values)
-        settings.validate()
-        return settings
+    repo_dir: Path  # registry, SQLite file and offline snapshots
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_url: str | None = None  # required for the redis online store
+    project: str = "pinrec"  # namespace of the keys in the online store
 
     def validate(self) -> None:
         if self.online_store not in ("sqlite", "redis"):

@@ -1,1 +1,1 @@
-"""Data, the PinRec model, training, generation and evaluation."""
+"""The PinRec model, its training, generation, evaluation and artifacts; the data side is in `data/`."""

@@ -5,7 +5,7 @@
     heads/<name>.safetensors   the shared (pretrain) head and one finetuned head per surface
     items.npy              raw item id of each item index 1..V
     popularity.npy         positive actions per item index 0..V in the training log (cold-start answers)
-    search_queries.npz     items that define each search query id (the search context, model/contexts.py)
+    search_queries.npz     items that define each search query id (the search context, model/data/contexts.py)
     item_embeddings.npy    (V, C) L2-normalised item vectors (what the index holds)
     index.faiss            the faiss index over them
 
@@ -30,7 +30,9 @@ from safetensors.torch import load_file, save_file
 
 from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.config import ModelConfig
-from pinrec.model.contexts import QueryItems
+from pinrec.model.data.contexts import QueryItems, search_query_items
+from pinrec.model.data.prepare import PreparedData
+from pinrec.model.generate import GenerationSettings, sample_queries
 from pinrec.model.index import IndexSettings, ItemIndex, build_index
 from pinrec.model.network import PinRecModel
 
@@ -129,6 +131,31 @@ def save_artifact(
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
     partial.rename(path)
     return path
+
+
+def save_trained(
+    path: Path,
+    model: PinRecModel,
+    data: PreparedData,
+    metrics: dict | None = None,
+    decode_steps: int = GenerationSettings.steps,
+) -> Path:
+    """The artifact of a model trained on `data`: everything the server needs besides the weights comes from
+    the training data (its fingerprint, item popularity, search query items, the outcome mix as a request's
+    default budget), and the index's recall is measured on the model's own queries of `decode_steps` steps
+    for a sample of the training users."""
+    return save_artifact(
+        path,
+        model,
+        data.catalog.item_ids,
+        data.vocabulary,
+        data_fingerprint(data.log.events),
+        metrics=metrics,
+        extra={"outcome_mix": data.outcome_shares()},
+        popularity=data.catalog.counts,
+        query_items=search_query_items(data.log, data.catalog, data.vocabulary),
+        index_queries=sample_queries(model, data, steps=decode_steps),
+    )
 
 
 def load_artifact(path: Path) -> Artifact:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pinrec.model.data.sequences import Examples, Histories, recent_histories
 from pinrec.model.index import IndexSettings, ItemIndex, build_index
 from pinrec.model.network import PinRecModel
-from pinrec.model.sequences import Examples, Histories, recent_histories
 
 CUTOFFS = (10, 20, 50)
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pinrec.model.data.eventlog import positive_mask
+from pinrec.model.data.prepare import PreparedData
+from pinrec.model.data.sequences import recent_histories
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
-from pinrec.model.pretrain import PreparedData
-from pinrec.model.sequences import recent_histories
 from pinrec.model.train import TrainConfig, TrainResult, fit
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,15 @@ def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> Sur
     name = data.vocabulary.surfaces[surface]
     on_surface = events[(events["surface"] == name) & events["session_id"].notna()]
     on_surface = on_surface[on_surface["user_id"].isin(data.histories.user_ids[users])]
-    impression = on_surface["action"].isin(list(data.vocabulary.unsequenced_actions))
+    positive = positive_mask(on_surface, data.vocabulary)
     items = data.catalog.index_of(on_surface["item_id"].to_numpy(dtype=np.int64))
     session_ids = on_surface["session_id"].to_numpy(dtype=np.int64)
     shown: dict[int, set[int]] = {}
-    for session, item in zip(session_ids[impression.to_numpy()], items[impression.to_numpy()], strict=True):
+    for session, item in zip(session_ids[~positive], items[~positive], strict=True):
         shown.setdefault(session, set()).add(int(item))
-    engaged = on_surface[~impression]
-    engaged_items = items[~impression.to_numpy()]
-    engaged_sessions = session_ids[~impression.to_numpy()]
+    engaged = on_surface[positive]
+    engaged_items = items[positive]
+    engaged_sessions = session_ids[positive]
     engaged_by_session: dict[int, set[int]] = {}
     for session, item in zip(engaged_sessions, engaged_items, strict=True):
         engaged_by_session.setdefault(session, set()).add(int(item))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pinrec.model.data.sequences import Examples, Histories, recent_histories
 from pinrec.model.generate import GenerationSettings, generate_queries, plan_queries, retrieve
 from pinrec.model.index import ItemIndex
 from pinrec.model.network import PinRecModel
-from pinrec.model.sequences import Examples, Histories, recent_histories
 
 
 @dataclass(frozen=True)

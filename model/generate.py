@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pinrec.model.data.prepare import PreparedData
+from pinrec.model.data.sequences import HistoryBatch, recent_histories
 from pinrec.model.index import ItemIndex
 from pinrec.model.network import PinRecModel
-from pinrec.model.sequences import HistoryBatch
 
 
 @dataclass(frozen=True)
@@ -61,46 +62,19 @@ def generate_queries(
     offset_grid = torch.arange(offsets).view(1, 1, offsets).expand(B, n_outcomes, offsets)
     surface_grid = torch.full((B, n_outcomes, offsets), surface)
 
-    valid = history.items > 0
-    hidden, cache = model.encode(**history.to_dict(), item_table=item_table)
-    last = hidden[:, -1]  # (B, C)
-    # Embedded history tokens, kept for the no-cache reference that re-runs everything each step.
-    tokens = [] if use_cache else [model.embed_history(**history.to_dict(), item_table=item_table)]
-    length = valid.sum(dim=1)  # real tokens per row
-    previous = history.times[:, -1]
-
-    # Everything of the appended tokens but their vectors, for all of them at once: the context token (if
-    # any) and the fed-back queries, one second apart from the request time (ours), with the feedback
-    # outcome as action and the request's surface.
-    extra = 0 if context is None else 1
-    appended = steps - 1 + extra
-    step_times = now_ms[:, None] + 1000 * torch.arange(appended)  # (B, S)
-    first_before = torch.where(length > 0, previous, now_ms)[:, None]
-    before = torch.cat([first_before, step_times[:, :-1]], dim=1)[:, :appended]
-    token_context = model.token_context(
-        torch.full((B, appended), outcomes[0]),
-        torch.full((B, appended), surface),
-        step_times,
-        before,
-        (length[:, None] + torch.arange(appended)).clamp(max=model.position.num_embeddings - 1),
-    )  # (B, S, C)
-    fed = 0
-
-    def feed(vectors: torch.Tensor) -> torch.Tensor:
-        """Append the next token, with these vectors (B, C) as its item; the new last hidden state."""
-        nonlocal valid, cache, fed
-        x = model.token_with(vectors[:, None, :], token_context[:, fed : fed + 1])  # (B, 1, C)
-        fed += 1
-        valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)
-        if use_cache:
-            out, cache = model.backbone(x, valid, cache)
-        else:
-            tokens.append(x)
-            out, _ = model.backbone(torch.cat(tokens, dim=1), valid, None)
-        return out[:, -1]
-
+    # The context token (if any) and the fed-back queries are appended with the feedback outcome as their
+    # action and the request's surface.
+    last, state = model.prefill(
+        **history.to_dict(),
+        now_ms=now_ms,
+        action=outcomes[0],
+        surface=surface,
+        appended=steps - 1 + (0 if context is None else 1),
+        use_cache=use_cache,
+        item_table=item_table,
+    )  # (B, C)
     if context is not None:
-        last = feed(context)
+        last, state = model.step(context, state)
     if timings is not None:
         timings["prefill"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -116,7 +90,7 @@ def generate_queries(
         queries.append(q)  # (B, O, K, C)
         if step == steps - 1:
             break
-        last = feed(q[:, 0, 0])  # the "next" query of the feedback outcome stands in for an item
+        last, state = model.step(q[:, 0, 0], state)  # the feedback outcome's "next" query as an item
     if timings is not None:
         timings["decode"] = time.perf_counter() - started
     return torch.stack(queries, dim=1)  # (B, steps, O, K, C)
@@ -230,11 +204,15 @@ def _round_budgets(budgets: list[float], total: int) -> list[int]:
     return floors
 
 
-def sample_queries(model: PinRecModel, data, users: int = 100, steps: int = 3, seed: int = 0) -> np.ndarray:
-    """Queries (N, C) the model generates for a sample of users of PreparedData (their newest history,
-    the data's outcome mix, its main surface): what the index's recall is measured on when it is built."""
-    from pinrec.model.sequences import recent_histories
-
+def sample_queries(
+    model: PinRecModel,
+    data: PreparedData,
+    users: int = 100,
+    steps: int = GenerationSettings.steps,
+    seed: int = 0,
+) -> np.ndarray:
+    """Queries (N, C) the model generates for a sample of users (their newest history, the data's outcome
+    mix, its main surface): what the index's recall is measured on when it is built."""
     histories = data.histories
     rows = np.random.default_rng(seed).choice(
         len(histories.user_ids), min(users, len(histories.user_ids)), replace=False

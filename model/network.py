@@ -1,6 +1,7 @@
 """The PinRec network, top to bottom: input token (item tower, time features, action/surface/position
-embeddings), a causal pre-LN transformer with a KV cache, and the query head conditioned on outcome, surface
-and future time offset. SASRec is the same network with PinRec's parts switched off (see config.VARIANTS).
+embeddings), a causal pre-LN transformer with a KV cache, the query head conditioned on outcome, surface
+and future time offset, and decoding after a history (prefill once, then one appended token per step).
+SASRec is the same network with PinRec's parts switched off (see config.VARIANTS).
 
 Shapes: B batch, T tokens, P cached tokens, C width, H heads, V items.
 """
@@ -8,6 +9,7 @@ Shapes: B batch, T tokens, P cached tokens, C width, H heads, V items.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from pinrec.model.config import DAY_MS, ModelConfig
 WEEK_MS = 7 * DAY_MS
 GAP_FREQUENCIES = 8
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per block: keys, values (B, H, P, C/H)
+STEP_MS = 1000  # appended tokens are this far apart, from the request time on (ours)
 
 
 class TimeFeatures(nn.Module):
@@ -172,6 +175,17 @@ class QueryHead(nn.Module):
         return F.normalize(h + self.mlp(torch.cat(parts, dim=-1)), dim=-1)  # (..., C)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """What decoding after a history carries from one appended token to the next."""
+
+    valid: torch.Tensor  # (B, P) which tokens so far are real (left padding is not)
+    cache: KVCache | None  # keys and values of the tokens so far; None: recompute them at every step
+    tokens: torch.Tensor | None  # (B, P, C) the input tokens so far, kept only without a cache
+    context: torch.Tensor  # (B, S, C) everything of the S tokens to append but their item vectors
+    appended: int = 0  # tokens appended so far
+
+
 class PinRecModel(nn.Module):
     """Backbone plus a shared head ("pretrain") and optional per-surface heads (finetuned)."""
 
@@ -301,3 +315,55 @@ class PinRecModel(nn.Module):
         head.load_state_dict(self.heads["shared"].state_dict())
         self.heads[name] = head
         return head
+
+    # --- decoding -------------------------------------------------------------------------------------
+
+    def prefill(
+        self,
+        items: torch.Tensor,  # (B, T) item indices, 0 = padding (left-padded)
+        actions: torch.Tensor,  # (B, T)
+        surfaces: torch.Tensor,  # (B, T)
+        times_ms: torch.Tensor,  # (B, T) int64
+        now_ms: torch.Tensor,  # (B,) request times
+        action: int,  # the action of every appended token (the outcome decoding feeds back)
+        surface: int,  # the surface of every appended token (the request's)
+        appended: int,  # tokens step() will append
+        use_cache: bool = True,
+        item_table: torch.Tensor | None = None,  # (V + 1, C) precomputed item vectors (the server's)
+    ) -> tuple[torch.Tensor, Decoding]:
+        """The last hidden state (B, C) after the history, and the state that step() appends tokens to.
+        Appended tokens sit STEP_MS apart from the request time on, so everything of them but their item
+        vectors (time, action, surface, position) is computed here for all of them at once: the token
+        projection is linear over [item; time features]. use_cache=False keeps the input tokens instead of
+        the KV cache, and each step recomputes the whole sequence (the reference the cache must equal)."""
+        B = items.shape[0]
+        valid = items > 0
+        hidden, cache = self.encode(items, actions, surfaces, times_ms, item_table)  # (B, T, C)
+        tokens = None if use_cache else self.embed_history(items, actions, surfaces, times_ms, item_table)
+        length = valid.sum(dim=1)  # real tokens per row
+        step_times = now_ms[:, None] + STEP_MS * torch.arange(appended)  # (B, S)
+        first_before = torch.where(length > 0, times_ms[:, -1], now_ms)[:, None]  # (B, 1)
+        before = torch.cat([first_before, step_times[:, :-1]], dim=1)[:, :appended]  # (B, S)
+        positions = (length[:, None] + torch.arange(appended)).clamp(max=self.position.num_embeddings - 1)
+        context = self.token_context(
+            torch.full((B, appended), action),
+            torch.full((B, appended), surface),
+            step_times,
+            before,
+            positions,
+        )  # (B, S, C)
+        return hidden[:, -1], Decoding(valid, cache if use_cache else None, tokens, context)
+
+    def step(self, vectors: torch.Tensor, state: Decoding) -> tuple[torch.Tensor, Decoding]:
+        """Append the next token with these vectors (B, C) as its item (a context vector, or a fed-back
+        query standing in for an item); the new last hidden state (B, C) and the state after it."""
+        B = vectors.shape[0]
+        at = state.appended
+        x = self.token_with(vectors[:, None, :], state.context[:, at : at + 1])  # (B, 1, C)
+        valid = torch.cat([state.valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)  # (B, P + 1)
+        if state.cache is None:  # the reference: recompute every token
+            tokens = torch.cat([state.tokens, x], dim=1)  # (B, P + 1, C)
+            out, _ = self.backbone(tokens, valid)
+            return out[:, -1], Decoding(valid, None, tokens, state.context, at + 1)
+        out, cache = self.backbone(x, valid, state.cache)  # (B, 1, C)
+        return out[:, -1], Decoding(valid, cache, None, state.context, at + 1)

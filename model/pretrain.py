@@ -4,32 +4,18 @@ outcome and surface. The SASRec baseline runs through the same function with Pin
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.config import ModelConfig
+from pinrec.model.data.prepare import PreparedData
+from pinrec.model.data.sequences import Examples, Histories, TrainingBatch, training_batches
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
-from pinrec.model.eventlog import EventLog
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
-from pinrec.model.sequences import (
-    Catalog,
-    Examples,
-    Histories,
-    TrainingBatch,
-    build_catalog,
-    build_histories,
-    positive_mask,
-    training_batches,
-)
 from pinrec.model.train import TrainConfig, TrainResult, fit
-
-log = logging.getLogger(__name__)
 
 VALIDATION_CASES = 8_000
 BATCH_TOKENS = 4_096  # tokens per training batch: long histories get fewer users per batch (ours)
@@ -39,45 +25,6 @@ def users_per_batch(histories: Histories, train_ends: np.ndarray, max_len: int) 
     lengths = np.minimum(train_ends - histories.offsets[:-1], max_len + 1)
     typical = float(lengths[lengths >= 2].mean()) if (lengths >= 2).any() else 1.0
     return int(np.clip(BATCH_TOKENS // typical, 16, 256))
-
-
-@dataclass
-class PreparedData:
-    log: EventLog
-    vocabulary: Vocabulary
-    catalog: Catalog
-    histories: Histories
-
-    @property
-    def primary_outcome(self) -> int:
-        """The most frequent positive action: the outcome a single next-item query asks for."""
-        return int(np.bincount(self.histories.actions, minlength=len(self.vocabulary.actions)).argmax())
-
-    def outcome_mix(self) -> tuple[list[int], list[float]]:
-        """The positive outcomes present and their shares: the default outcome budget of a request."""
-        counts = np.bincount(self.histories.actions, minlength=len(self.vocabulary.actions))
-        outcomes = [int(code) for code in np.flatnonzero(counts)]
-        return outcomes, [float(counts[o] / counts.sum()) for o in outcomes]
-
-    @property
-    def primary_surface(self) -> int:
-        return int(np.bincount(self.histories.surfaces, minlength=len(self.vocabulary.surfaces)).argmax())
-
-
-def prepare(event_log: EventLog, vocabulary: Vocabulary, item_ids: np.ndarray | None = None) -> PreparedData:
-    """item_ids: the catalog of an existing artifact (its item indices must not move); items of the log that
-    it lacks are dropped."""
-    positives = positive_mask(event_log, vocabulary)
-    catalog = build_catalog(event_log, positives, item_ids)
-    histories = build_histories(event_log, catalog, vocabulary, positives)
-    log.info(
-        "%s: %d positive actions of %d users over %d items",
-        event_log.name,
-        len(histories.items),
-        len(histories.user_ids),
-        catalog.size,
-    )
-    return PreparedData(event_log, vocabulary, catalog, histories)
 
 
 def new_model(config: ModelConfig, data: PreparedData, seed: int = 0) -> PinRecModel:

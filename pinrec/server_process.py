@@ -8,9 +8,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
-from pinrec.localstack.processes import pick_port, spawn, wait_until
+from pinrec.localstack.processes import pick_port, spawn, wait_for_http
 
 
 @dataclass
@@ -19,12 +17,6 @@ class ServerProcess:
     http: str  # http://127.0.0.1:PORT
     grpc: str  # 127.0.0.1:PORT
     log_path: Path
-
-    def ready(self) -> bool:
-        try:
-            return requests.get(f"{self.http}/v2/health/ready", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
 
     def stop(self, timeout_s: float = 30) -> None:
         terminate(self.process, timeout_s)
@@ -57,11 +49,11 @@ def launch(
     process = spawn(command, log_path, bound_to_parent=bound_to_parent, env=env)
     server = ServerProcess(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", log_path)
     try:
-        wait_until(
-            server.ready,
+        wait_for_http(
+            f"{server.http}/v2/health/ready",
+            process,
             what=f"the model server ({module})",
             timeout_s=timeout_s,
-            alive=lambda: process.poll() is None,
             log_path=log_path,
         )
     except BaseException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +17,18 @@ import torch
 
 from pinrec.featurestore.schema import UserSequence
 from pinrec.model.artifacts import Artifact, load_artifact
+from pinrec.model.data.sequences import HistoryBatch, item_indices
 from pinrec.model.generate import generate_queries, plan_queries, retrieve
-from pinrec.model.sequences import HistoryBatch
-from pinrec.serving.request import History, Limits, RecommendRequest
+from pinrec.serving.request import Limits, RawHistory, RecommendRequest
 from pinrec.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recommendation:
+    """One request's answer, built once by `Recommender.recommend`; the predictor encodes it per protocol."""
+
     item_ids: np.ndarray  # raw ids, best first
     scores: np.ndarray
     outcomes: list[str]  # the outcome of the query that retrieved each item ("popular" on cold start)
@@ -37,18 +39,29 @@ class Recommendation:
     unique_share: float  # diversity: unique share of what the queries retrieved before dedup
     pairwise_distance: float  # diversity: mean pairwise cosine distance of the returned items
     staleness_s: float | None  # request time minus the newest history event (None without history)
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    timings: dict[str, float]  # seconds per stage
 
-    def to_dict(self) -> dict:
-        return {
-            "items": [
-                {"item_id": int(i), "score": round(float(s), 6), "outcome": o, "step": int(t)}
-                for i, s, o, t in zip(self.item_ids, self.scores, self.outcomes, self.steps, strict=True)
-            ],
-            "cold_start": self.cold_start,
-            "context_used": self.context_used,
-            "model_version": self.model_version,
-        }
+
+@dataclass(frozen=True)
+class IndexedHistory:
+    """A history in the served artifact's terms: catalog indices (1..n, 0 is padding) instead of raw item
+    ids, the events of items the artifact does not know dropped. Only `LoadedModel.indexed` makes one."""
+
+    items: np.ndarray  # catalog indices, oldest first
+    actions: np.ndarray  # action codes
+    surfaces: np.ndarray  # surface codes
+    times_ms: np.ndarray
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What one retrieval path (generation or popularity) picked, before it becomes a Recommendation."""
+
+    items: np.ndarray  # catalog indices, best first
+    scores: np.ndarray
+    outcomes: list[str]
+    steps: np.ndarray
+    unique_share: float
 
 
 class LoadedModel:
@@ -74,15 +87,15 @@ class LoadedModel:
         return self.artifact.version
 
     def index_of(self, raw_ids: np.ndarray) -> np.ndarray:
-        ids = self.artifact.item_ids
-        at = np.searchsorted(ids, raw_ids).clip(0, len(ids) - 1)
-        return np.where(ids[at] == raw_ids, at + 1, 0)
+        return item_indices(self.artifact.item_ids, raw_ids)
 
-    def indexed(self, history: History) -> History:
+    def indexed(self, history: RawHistory) -> IndexedHistory:
         """The history with item indices for raw ids; items the artifact does not know are dropped."""
-        items = self.index_of(history.items)
+        items = self.index_of(history.item_ids)
         known = items > 0
-        return History(items[known], history.actions[known], history.surfaces[known], history.times_ms[known])
+        return IndexedHistory(
+            items[known], history.actions[known], history.surfaces[known], history.times_ms[known]
+        )
 
     def context_vector(self, request: RecommendRequest) -> torch.Tensor | None:
         if request.subject_item_id is not None:
@@ -95,8 +108,8 @@ class LoadedModel:
         return None
 
 
-def sequence_history(sequence: UserSequence) -> History:
-    return History(
+def sequence_history(sequence: UserSequence) -> RawHistory:
+    return RawHistory(
         np.asarray(sequence.item_ids, dtype=np.int64),
         np.asarray(sequence.actions, dtype=np.int64),
         np.asarray(sequence.surfaces, dtype=np.int64),
@@ -115,8 +128,9 @@ def pairwise_distance(vectors: torch.Tensor) -> float:
 
 
 class Recommender:
-    """Answers requests for every surface from the current model; `swap` replaces it atomically (requests
-    in flight finish on the model they started with)."""
+    """Answers requests for every surface. Every request is answered by one model from start to end: the
+    caller takes `current` once and passes it to `limits` and `recommend`, so that `swap` (atomic) never
+    splits a request in flight between two artifacts."""
 
     def __init__(self, settings: ServeSettings, model: LoadedModel, sequences=None) -> None:
         self.settings = settings
@@ -126,8 +140,7 @@ class Recommender:
     def swap(self, model: LoadedModel) -> None:
         self.current = model
 
-    def limits(self) -> Limits:
-        model = self.current
+    def limits(self, model: LoadedModel) -> Limits:
         outcomes, shares = default_budget(model)
         return Limits(
             outcomes=model.outcomes,
@@ -143,49 +156,56 @@ class Recommender:
             max_instances=self.settings.max_instances,
         )
 
-    def read_histories(self, requests: list[RecommendRequest]) -> list[History | None]:
+    def read_histories(self, requests: list[RecommendRequest]) -> list[RawHistory | None]:
         """Each request's explicit history, else its user's stored one (one read for the batch)."""
         wanted = [r.user_id for r in requests if r.history is None and r.user_id is not None]
         stored = dict(zip(wanted, self.read_histories_for(wanted), strict=True))
         return [r.history if r.history is not None else stored.get(r.user_id) for r in requests]
 
-    def read_histories_for(self, user_ids: list[int]) -> list[History | None]:
+    def read_histories_for(self, user_ids: list[int]) -> list[RawHistory | None]:
         stored = self.sequences.read(user_ids) if (user_ids and self.sequences is not None) else {}
         return [sequence_history(stored[u]) if u in stored else None for u in user_ids]
 
     def recommend(
-        self,
-        request: RecommendRequest,
-        surface: str,
-        history: History | None,
-        model: LoadedModel | None = None,  # default: the current one (a new artifact warms up with its own)
+        self, model: LoadedModel, request: RecommendRequest, surface: str, history: RawHistory | None
     ) -> Recommendation:
-        model = model or self.current  # one model for the whole request, even if a swap happens meanwhile
+        """The answer of `model` (the request's snapshot, or a new artifact warming up) to one request."""
         started = time.perf_counter()
         now_ms = request.now_ms if request.now_ms is not None else int(time.time() * 1000)
         timings: dict[str, float] = {}
+        indexed = None
         items = np.zeros(0, dtype=np.int64)
         staleness = None
-        if history is not None and len(history.items):
+        if history is not None and len(history.item_ids):
             staleness = max(0.0, (now_ms - int(history.times_ms[-1])) / 1000)
-            history = model.indexed(history)
-            items = history.items
+            indexed = model.indexed(history)
+            items = indexed.items
         context = model.context_vector(request)
         seen = items
         if request.subject_item_id is not None:
             seen = np.append(items, model.index_of(np.array([request.subject_item_id])))
         if not len(items) and context is None:
-            result = self._popular(model, request, seen)
+            found = self._popular(model, request, seen)
         else:
-            result = self._generate(model, request, surface, history, context, now_ms, seen, timings)
-        result.staleness_s = staleness
-        result.context_used = context is not None
-        result.cold_start = not len(items)
+            found = self._generate(model, request, surface, indexed, context, now_ms, seen, timings)
+        item_ids = model.artifact.item_ids[found.items - 1]
+        distance = pairwise_distance(model.item_vectors[found.items])
         timings["total"] = time.perf_counter() - started
-        result.timings.update(timings)
-        return result
+        return Recommendation(
+            item_ids=item_ids,
+            scores=found.scores,
+            outcomes=found.outcomes,
+            steps=found.steps,
+            cold_start=not len(items),
+            context_used=context is not None,
+            model_version=model.version,
+            unique_share=found.unique_share,
+            pairwise_distance=distance,
+            staleness_s=staleness,
+            timings=timings,
+        )
 
-    def _generate(self, model, request, surface, history, context, now_ms, seen, timings) -> Recommendation:
+    def _generate(self, model, request, surface, history, context, now_ms, seen, timings) -> Candidates:
         surface_code = model.vocabulary.surface_code(surface)
         head = surface if surface in model.model.heads else "shared"
         batch = _history_batch(history, model.max_len, now_ms)
@@ -208,34 +228,24 @@ class Recommender:
         found = retrieve(model.artifact.index, planned, request.k, seen, self.settings.overfetch)
         timings["search"] = time.perf_counter() - searched
         names = model.vocabulary.actions
-        return Recommendation(
-            item_ids=model.artifact.item_ids[found.items - 1],
+        return Candidates(
+            items=found.items,
             scores=found.scores,
             outcomes=[names[o] for o in found.outcomes],
             steps=found.steps,
-            cold_start=False,
-            context_used=False,
-            model_version=model.version,
             unique_share=found.unique_share,
-            pairwise_distance=pairwise_distance(model.item_vectors[found.items]),
-            staleness_s=None,
         )
 
-    def _popular(self, model: LoadedModel, request: RecommendRequest, seen: np.ndarray) -> Recommendation:
+    def _popular(self, model: LoadedModel, request: RecommendRequest, seen: np.ndarray) -> Candidates:
         candidates = model.popular[: request.k + len(seen)]
         picked = candidates[~np.isin(candidates, seen)][: request.k]
         counts = model.artifact.popularity[picked].astype(np.float32)
-        return Recommendation(
-            item_ids=model.artifact.item_ids[picked - 1],
+        return Candidates(
+            items=picked,
             scores=counts / max(float(counts.max(initial=0)), 1.0),
             outcomes=["popular"] * len(picked),
             steps=np.full(len(picked), -1),
-            cold_start=True,
-            context_used=False,
-            model_version=model.version,
             unique_share=1.0,
-            pairwise_distance=pairwise_distance(model.item_vectors[picked]),
-            staleness_s=None,
         )
 
 
@@ -246,7 +256,7 @@ def default_budget(model: LoadedModel) -> tuple[tuple[str, ...], tuple[float, ..
     return tuple(ordered), tuple(float(mix[o]) for o in ordered)
 
 
-def _history_batch(history: History | None, max_len: int, now_ms: int) -> HistoryBatch:
+def _history_batch(history: IndexedHistory | None, max_len: int, now_ms: int) -> HistoryBatch:
     """One left-padded row of the newest max_len events (one padding token when there are none)."""
     if history is None or not len(history.items):
         one = torch.zeros(1, 1, dtype=torch.long)

@@ -1,7 +1,9 @@
 """One KServe model per surface; all of them share one Recommender (one backbone and index in memory).
 
-Handlers are async: parsing runs on the event loop (cheap), the feature read, torch and faiss run on a
-bounded thread pool so that the loop keeps accepting requests.
+KServe calls `preprocess` (take the model snapshot, parse and validate against it), `predict` (the answers)
+and `postprocess` (the protocol's response) in turn. Handlers are async: parsing runs on the event loop
+(cheap), the feature read, torch and faiss run on a bounded thread pool so that the loop keeps accepting
+requests.
 """
 
 from __future__ import annotations
@@ -10,65 +12,106 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from pinrec.serving import metrics
-from pinrec.serving.engine import Recommendation, Recommender
+from pinrec.serving.engine import LoadedModel, Recommendation, Recommender
+from pinrec.serving.metrics import ServingMetrics
 from pinrec.serving.request import RecommendRequest, parse_v1, parse_v2
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ParsedRequest:
+    """One call (a v1 body of instances, or one v2 request), validated against the model that answers it."""
+
+    model: LoadedModel  # the snapshot: limits, parsing and inference all use it, whatever swaps meanwhile
+    requests: list[RecommendRequest]
+    v2: InferRequest | None  # the v2 request (REST or gRPC), answered with tensors; None: a v1 body
+
+
+@dataclass(frozen=True)
+class Answered:
+    parsed: ParsedRequest
+    answers: list[Recommendation]  # one per request, in order
+
+
 class SurfaceModel(Model):
-    def __init__(self, surface: str, recommender: Recommender, executor: Executor) -> None:
+    def __init__(
+        self, surface: str, recommender: Recommender, executor: Executor, metrics: ServingMetrics
+    ) -> None:
         super().__init__(surface)
         self.surface = surface
         self.recommender = recommender
         self.executor = executor
+        self.metrics = metrics
         self.ready = True
 
     def load(self) -> bool:
         self.ready = True
         return self.ready
 
-    async def predict(self, payload, headers=None, response_headers=None):
+    async def preprocess(self, payload, headers=None) -> ParsedRequest:
+        model = self.recommender.current  # once per call: a swap from here on cannot split it
         now_ms = int(time.time() * 1000)
         try:
-            limits = self.recommender.limits()
+            limits = self.recommender.limits(model)
             if isinstance(payload, InferRequest):
-                requests = [parse_v2(payload, self.surface, limits, now_ms)]
-            elif isinstance(payload, dict):
-                requests = parse_v1(payload, self.surface, limits, now_ms)
-            else:
-                raise InvalidInput("the request body must be a JSON object")
+                return ParsedRequest(model, [parse_v2(payload, self.surface, limits, now_ms)], payload)
+            if isinstance(payload, dict):
+                return ParsedRequest(model, parse_v1(payload, self.surface, limits, now_ms), None)
+            raise InvalidInput("the request body must be a JSON object")
         except InvalidInput:
-            metrics.REQUESTS.labels(self.surface, "invalid").inc()
+            self.metrics.refused(self.surface)
             raise
+
+    def validate(self, parsed: ParsedRequest) -> ParsedRequest:
+        return parsed  # preprocess validated it; KServe's own checks are for raw bodies
+
+    async def predict(self, parsed: ParsedRequest, headers=None, response_headers=None) -> Answered:
         try:
-            answers = await asyncio.get_running_loop().run_in_executor(self.executor, self.answer, requests)
+            answers = await asyncio.get_running_loop().run_in_executor(self.executor, self.answer, parsed)
         except Exception:
-            metrics.REQUESTS.labels(self.surface, "error").inc()
+            self.metrics.failed(self.surface)
             log.exception("request on %s failed", self.surface)
             raise
-        if isinstance(payload, InferRequest):
-            return _v2_response(self.name, payload, answers[0])
-        return {"predictions": [answer.to_dict() for answer in answers]}
+        return Answered(parsed, answers)
 
-    def answer(self, requests: list[RecommendRequest]) -> list[Recommendation]:
+    async def postprocess(self, answered: Answered, headers=None, response_headers=None):
+        request = answered.parsed.v2
+        if request is not None:
+            return _v2_response(self.name, request, answered.answers[0])
+        return {"predictions": [_v1_prediction(answer) for answer in answered.answers]}
+
+    def answer(self, parsed: ParsedRequest) -> list[Recommendation]:
         """Runs on the thread pool: one feature-store read for the batch, then one answer per request."""
         started = time.perf_counter()
-        histories = self.recommender.read_histories(requests)
-        features_seconds = (time.perf_counter() - started) / len(requests)
+        histories = self.recommender.read_histories(parsed.requests)
+        features_seconds = (time.perf_counter() - started) / len(parsed.requests)
         answers = []
-        for request, history in zip(requests, histories, strict=True):
-            answer = self.recommender.recommend(request, self.surface, history)
-            metrics.observe(self.surface, answer, features_seconds)
+        for request, history in zip(parsed.requests, histories, strict=True):
+            answer = self.recommender.recommend(parsed.model, request, self.surface, history)
+            self.metrics.answered(self.surface, answer, features_seconds)
             answers.append(answer)
         return answers
+
+
+def _v1_prediction(answer: Recommendation) -> dict:
+    rows = zip(answer.item_ids, answer.scores, answer.outcomes, answer.steps, strict=True)
+    return {
+        "items": [
+            {"item_id": int(i), "score": round(float(s), 6), "outcome": o, "step": int(t)}
+            for i, s, o, t in rows
+        ],
+        "cold_start": answer.cold_start,
+        "context_used": answer.context_used,
+        "model_version": answer.model_version,
+    }
 
 
 def _output(name: str, datatype: str, values: list) -> InferOutput:
@@ -76,6 +119,7 @@ def _output(name: str, datatype: str, values: list) -> InferOutput:
 
 
 def _v2_response(model_name: str, request: InferRequest, answer: Recommendation) -> InferResponse:
+    """REST v2 and gRPC alike (KServe encodes this one response for either)."""
     outputs = [
         _output("item_id", "INT64", answer.item_ids.astype(np.int64).tolist()),
         _output("score", "FP32", answer.scores.astype(np.float32).tolist()),

@@ -46,8 +46,11 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class History:
-    items: np.ndarray  # raw item ids, oldest first
+class RawHistory:
+    """A user's events as a request or the feature store gives them: raw item ids, which the served
+    artifact may not know (`LoadedModel.indexed` turns them into an `IndexedHistory`)."""
+
+    item_ids: np.ndarray  # raw item ids, oldest first
     actions: np.ndarray  # action codes
     surfaces: np.ndarray  # surface codes
     times_ms: np.ndarray
@@ -56,7 +59,7 @@ class History:
 @dataclass(frozen=True)
 class RecommendRequest:
     user_id: int | None
-    history: History | None  # explicit history (replaces the feature store's)
+    history: RawHistory | None  # explicit history (replaces the feature store's)
     k: int
     outcomes: tuple[str, ...]  # ordered by share, largest first (the first is fed back while decoding)
     shares: tuple[float, ...]
@@ -133,7 +136,7 @@ def _budget(value, limits: Limits) -> tuple[tuple[str, ...], tuple[float, ...]]:
     return tuple(ordered), tuple(shares[o] / total for o in ordered)
 
 
-def _history(value, limits: Limits, surface: str, now_ms: int) -> History:
+def _history(value, limits: Limits, surface: str, now_ms: int) -> RawHistory:
     fields = _object(value, "history", HISTORY_FIELDS)
     if "items" not in fields:
         raise InvalidInput("history.items is required (raw item ids, oldest first)")
@@ -154,7 +157,7 @@ def _history(value, limits: Limits, surface: str, now_ms: int) -> History:
             raise InvalidInput("history.times_ms must be oldest first (non-decreasing)")
     else:  # ours: one minute apart, ending a minute before the request
         times = now_ms - 60_000 * np.arange(n, 0, -1, dtype=np.int64)
-    return History(item_ids, actions, surfaces, times)
+    return RawHistory(item_ids, actions, surfaces, times)
 
 
 def parse_instance(instance, surface: str, limits: Limits, now_ms: int) -> RecommendRequest:

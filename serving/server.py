@@ -12,10 +12,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from prometheus_client import REGISTRY
 
-from pinrec.serving import metrics
 from pinrec.serving.engine import LoadedModel, Recommender
-from pinrec.serving.request import History, RecommendRequest
+from pinrec.serving.metrics import ServingMetrics
+from pinrec.serving.request import RawHistory, RecommendRequest
 from pinrec.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -26,13 +27,13 @@ def warm_up(model: LoadedModel, recommender: Recommender) -> None:
     outcomes = model.outcomes[:1]
     request = RecommendRequest(None, None, 10, outcomes, (1.0,), 2, None, None, None)
     popular = model.artifact.item_ids[model.popular[:5] - 1]
-    history = History(
+    history = RawHistory(
         popular,
         np.full(len(popular), model.vocabulary.action_code(outcomes[0])),
         np.zeros(len(popular), dtype=np.int64),
         np.arange(len(popular), dtype=np.int64) * 1000,
     )
-    recommender.recommend(request, model.vocabulary.surfaces[0], history, model)
+    recommender.recommend(model, request, model.vocabulary.surfaces[0], history)
 
 
 def check_compatible(old: LoadedModel, new: LoadedModel) -> None:
@@ -48,9 +49,12 @@ def check_compatible(old: LoadedModel, new: LoadedModel) -> None:
 class ArtifactWatcher(threading.Thread):
     """Polls the artifact path; a new target is loaded, warmed up and swapped in atomically."""
 
-    def __init__(self, path: Path, recommender: Recommender, interval_s: float) -> None:
+    def __init__(
+        self, path: Path, recommender: Recommender, interval_s: float, metrics: ServingMetrics
+    ) -> None:
         super().__init__(name="artifact-watcher", daemon=True)
         self.path, self.recommender, self.interval_s = path, recommender, interval_s
+        self.metrics = metrics
         self.stopped = threading.Event()
         self.loaded = os.path.realpath(path)
         self.failed: str | None = None
@@ -73,8 +77,7 @@ class ArtifactWatcher(threading.Thread):
             return False
         self.recommender.swap(model)
         self.loaded, self.failed = target, None
-        metrics.SWAPS.inc()
-        metrics.set_model(model.version)
+        self.metrics.swapped(model.version)
         log.info("now serving %s (version %s)", target, model.version)
         return True
 
@@ -84,7 +87,7 @@ def set_threads(torch_threads: int, faiss_threads: int) -> None:
     faiss.omp_set_num_threads(faiss_threads)
 
 
-def build(settings: ServeSettings) -> tuple[Recommender, list]:
+def build(settings: ServeSettings, metrics: ServingMetrics) -> tuple[Recommender, list]:
     """The recommender and one KServe model per surface (everything but the network servers)."""
     from pinrec.serving.predictor import SurfaceModel
 
@@ -101,7 +104,7 @@ def build(settings: ServeSettings) -> tuple[Recommender, list]:
         sequences = SequenceStore(open_store(settings.features))
     recommender = Recommender(settings, model, sequences)
     warm_up(model, recommender)
-    metrics.set_model(model.version)
+    metrics.serving(model.version)
     surfaces = settings.surfaces or model.vocabulary.surfaces
     unknown = [s for s in surfaces if s not in model.vocabulary.surfaces]
     if unknown:
@@ -117,14 +120,17 @@ def build(settings: ServeSettings) -> tuple[Recommender, list]:
         initializer=set_threads,
         initargs=(settings.threads or 1, settings.faiss_threads or cpus),
     )
-    return recommender, [SurfaceModel(surface, recommender, executor) for surface in surfaces]
+    return recommender, [SurfaceModel(surface, recommender, executor, metrics) for surface in surfaces]
 
 
-def serve(settings: ServeSettings) -> None:
+def serve(settings: ServeSettings, metrics: ServingMetrics | None = None) -> None:
+    """Runs until the server stops. Metrics go on prometheus_client's default registry unless given: that
+    is the one KServe's /metrics exposes."""
     from kserve import ModelServer
 
-    recommender, models = build(settings)
-    watcher = ArtifactWatcher(settings.artifacts, recommender, settings.watch_interval_s)
+    metrics = metrics or ServingMetrics(REGISTRY)
+    recommender, models = build(settings, metrics)
+    watcher = ArtifactWatcher(settings.artifacts, recommender, settings.watch_interval_s, metrics)
     watcher.start()
     log.info(
         "serving %s (%s) on http :%d and grpc :%d",

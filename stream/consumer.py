@@ -26,7 +26,7 @@ from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
 from pinrec.stream.merge import merge_events
 from pinrec.stream.metrics import ConsumerMetrics
-from pinrec.stream.security import kafka_client_options
+from pinrec.stream.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +48,7 @@ class ConsumerSettings:
     retry_max_s: float = 5.0
     stop_grace_s: float = 30.0  # after SIGTERM, how long the current batch may keep retrying
     lag_interval_s: float = 2.0
+    security: KafkaSecurity = PLAINTEXT  # how the clients authenticate to the brokers
 
     @property
     def dlq_topic(self) -> str:
@@ -117,11 +118,14 @@ class SequenceConsumer:
             max_poll_interval_ms=600_000,  # a store outage may hold one batch for minutes
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
-            **kafka_client_options(),
+            **settings.security.client_options(),
         )
         self.consumer.subscribe([settings.topic], listener=_ClearCacheOnRebalance(self.cache, metrics))
         self.dlq = KafkaProducer(
-            bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5, **kafka_client_options()
+            bootstrap_servers=settings.bootstrap,
+            acks="all",
+            linger_ms=5,
+            **settings.security.client_options(),
         )
         self._stop_deadline: float | None = None
         self._next_lag_check = 0.0

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -57,7 +63,7 @@ class ConsumerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.freshness_seconds = Histogram(
+        self.freshness_seconds = BulkHistogram(
             "pinrec_feature_freshness_seconds",
             "Event time to the moment its user's sequence was written and readable",
             buckets=_LATENCY_BUCKETS,
@@ -65,21 +71,50 @@ class ConsumerMetrics:
         )
 
     def observe_freshness(self, seconds: np.ndarray) -> None:
-        """Record many freshness samples at once: the same counts as observe() on each, bucketed with numpy
-        (one observe() per event costs more than the rest of the consumer's bookkeeping)."""
-        observe_many(self.freshness_seconds, seconds)
+        """Record the freshness of a batch's events at once."""
+        self.freshness_seconds.observe_many(seconds)
         if self.freshness_samples_s is not None:
             self.freshness_samples_s.extend(seconds.tolist())
 
+    def value(self, sample: str, **labels: str) -> float:
+        """The current value of one of these series, e.g. value("pinrec_consumer_events_consumed_total")."""
+        return self.registry.get_sample_value(sample, labels) or 0.0
 
-def observe_many(histogram: Histogram, values: np.ndarray) -> None:
-    """Histogram.observe for every value, in one pass. prometheus_client keeps one non-cumulative counter per
-    bucket (a value lands in the first bucket whose upper bound is >= it) plus a sum; so do we."""
-    if values.size == 0:
-        return
-    bounds = np.asarray(histogram._upper_bounds)
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
-    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
-        if count:
-            bucket.inc(count)
-    histogram._sum.inc(float(values.sum()))
+
+class BulkHistogram(Collector):
+    """A histogram without labels that observes a whole array at once: the same series, buckets and counts
+    as prometheus_client's Histogram with one observe() per value (one observe() per event costs more than
+    the rest of the consumer's bookkeeping), exposed through the public collector interface."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation = name, documentation
+        self.upper_bounds = np.array([*buckets, float("inf")])  # as Histogram: +Inf is the last bucket
+        self._counts = np.zeros(len(self.upper_bounds), dtype=np.int64)  # per bucket, not cumulative
+        self._sum = 0.0
+        self._created = time.time()
+        self._lock = threading.Lock()  # the consumer observes while the /metrics thread collects
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every value: each lands in the first bucket whose upper bound is >= it, as in observe()."""
+        if values.size == 0:
+            return
+        bucket = np.searchsorted(self.upper_bounds, values, side="left")
+        counts = np.bincount(bucket, minlength=len(self.upper_bounds))
+        with self._lock:
+            self._counts += counts
+            self._sum += float(values.sum())
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self.name, self.documentation)  # the registry checks names with it
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        family = HistogramMetricFamily(self.name, self.documentation)
+        buckets = [(floatToGoString(b), float(c)) for b, c in zip(self.upper_bounds, cumulative, strict=True)]
+        family.add_metric([], buckets, total)
+        family.add_sample(f"{self.name}_created", {}, self._created)
+        yield family

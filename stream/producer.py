@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from pinrec.stream.events import Event
-from pinrec.stream.security import kafka_client_options
+from pinrec.stream.security import PLAINTEXT, KafkaSecurity
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def produce(
     stamp_now: bool = True,
     total: int | None = None,
     progress: bool = True,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> ProduceReport:
     """Send every event (keyed by user id) and flush. rate: events per second, paced evenly (None: as fast
     as possible). stamp_now: set each event's ts_ms to its send time, as a live client would."""
@@ -42,7 +43,7 @@ def produce(
         linger_ms=5,
         batch_size=256 * 1024,
         enable_idempotence=True,
-        **kafka_client_options(),
+        **security.client_options(),
     )
     started = time.monotonic()
     sent = 0

@@ -10,7 +10,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
-from pinrec.stream.security import kafka_client_options
+from pinrec.stream.security import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def _accepts_connections(bootstrap: str) -> bool:
         return False
 
 
-def broker_ready(bootstrap: str, timeout_ms: int = 2000) -> bool:
+def broker_ready(bootstrap: str, timeout_ms: int = 2000, security: KafkaSecurity = PLAINTEXT) -> bool:
     """True when the broker answers a cluster metadata request."""
     # A plain TCP probe first: kafka-python logs every refused connection at ERROR level.
     if not _accepts_connections(bootstrap):
@@ -34,7 +34,7 @@ def broker_ready(bootstrap: str, timeout_ms: int = 2000) -> bool:
             bootstrap_servers=bootstrap,
             request_timeout_ms=timeout_ms,
             bootstrap_timeout_ms=timeout_ms,
-            **kafka_client_options(),
+            **security.client_options(),
         )
     except KafkaError:
         return False
@@ -46,9 +46,14 @@ def broker_ready(bootstrap: str, timeout_ms: int = 2000) -> bool:
         admin.close()
 
 
-def ensure_topics(bootstrap: str, partitions: Mapping[str, int], replication_factor: int = 1) -> None:
+def ensure_topics(
+    bootstrap: str,
+    partitions: Mapping[str, int],
+    replication_factor: int = 1,
+    security: KafkaSecurity = PLAINTEXT,
+) -> None:
     """Create each topic with its partition count; existing topics are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_options())
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security.client_options())
     try:
         existing = set(admin.list_topics())
         new = [
@@ -65,8 +70,8 @@ def ensure_topics(bootstrap: str, partitions: Mapping[str, int], replication_fac
         admin.close()
 
 
-def delete_topics(bootstrap: str, names: Sequence[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **kafka_client_options())
+def delete_topics(bootstrap: str, names: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security.client_options())
     try:
         admin.delete_topics(list(names))
     except UnknownTopicOrPartitionError:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pinrec.localstack.processes import die_with_parent
-from pinrec.settings import LocalStackSettings
+from pinrec.settings import LocalStackSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def free_port_settings(state_dir: Path) -> LocalStackSettings:
     """The user's settings (tools, external services) with a private state dir and kernel-chosen ports."""
     return replace(
-        LocalStackSettings.from_env(),
+        Settings.from_env().local_stack,
         state_dir=state_dir,
         kafka_port=0,
         kafka_controller_port=0,

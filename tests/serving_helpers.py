@@ -11,14 +11,13 @@ import numpy as np
 
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
-from pinrec.model.artifacts import data_fingerprint, save_artifact
-from pinrec.model.contexts import search_query_items
+from pinrec.model.artifacts import save_trained
+from pinrec.model.data.prepare import PreparedData, prepare
+from pinrec.model.data.sequences import leave_one_out
+from pinrec.model.data.simulate import SimulationConfig, simulate
 from pinrec.model.finetune import finetune_surface
-from pinrec.model.pretrain import PreparedData, base_config, new_model, prepare, pretrain
-from pinrec.model.sequences import leave_one_out
-from pinrec.model.simulate import SimulationConfig, simulate
+from pinrec.model.pretrain import base_config, new_model, pretrain
 from pinrec.model.train import TrainConfig
-from pinrec.model_commands import outcome_mix
 from pinrec.server_process import ServerProcess, launch
 
 
@@ -59,18 +58,7 @@ def train_artifacts(data: PreparedData, out: Path, versions: int = 2) -> list[Pa
             finetune_surface(
                 model, data, surface, users, TrainConfig(max_epochs=1, progress=False, threads=1)
             )
-        paths.append(
-            save_artifact(
-                out / f"v{version}",
-                model,
-                data.catalog.item_ids,
-                data.vocabulary,
-                data_fingerprint(data.log.events),
-                popularity=data.catalog.counts,
-                query_items=search_query_items(data.log, data.catalog, data.vocabulary),
-                extra={"outcome_mix": outcome_mix(data)},
-            )
-        )
+        paths.append(save_trained(out / f"v{version}", model, data))
     return paths
 
 

@@ -1,10 +1,11 @@
-"""Bulk histogram observation must record exactly what one observe() per value records."""
+"""Bulk histogram observation must expose exactly what prometheus_client's Histogram exposes after one
+observe() per value."""
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from pinrec.stream.metrics import observe_many
+from pinrec.stream.metrics import BulkHistogram
 
 BUCKETS = (0.01, 0.1, 1.0, 10.0)
 
@@ -23,12 +24,17 @@ def _histogram() -> tuple[CollectorRegistry, Histogram]:
     return registry, Histogram("h_seconds", "test", buckets=BUCKETS, registry=registry)
 
 
+def _bulk_histogram() -> tuple[CollectorRegistry, BulkHistogram]:
+    registry = CollectorRegistry()
+    return registry, BulkHistogram("h_seconds", "test", buckets=BUCKETS, registry=registry)
+
+
 def test_observe_many_equals_one_observe_per_value():
     # Values on bucket bounds, between them, below the first and above the last.
     values = np.array([0.0, 0.01, 0.010001, 0.05, 0.1, 0.5, 1.0, 3.0, 10.0, 11.0, 1e6, 0.2, 0.2])
-    bulk_registry, bulk = _histogram()
+    bulk_registry, bulk = _bulk_histogram()
     one_registry, one = _histogram()
-    observe_many(bulk, values)
+    bulk.observe_many(values)
     for value in values:
         one.observe(float(value))
     bulk_samples, one_samples = _samples(bulk_registry), _samples(one_registry)
@@ -42,6 +48,6 @@ def test_observe_many_equals_one_observe_per_value():
 
 
 def test_observe_many_of_nothing_records_nothing():
-    registry, histogram = _histogram()
-    observe_many(histogram, np.array([]))
+    registry, histogram = _bulk_histogram()
+    histogram.observe_many(np.array([]))
     assert registry.get_sample_value("h_seconds_count") == 0

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from pinrec.featurestore.schema import Vocabulary
+from pinrec.settings import Settings
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
 
 NOW_MS = 1_800_000_000_000
@@ -35,7 +36,7 @@ def test_a_valid_event_round_trips_and_ignores_unknown_fields():
 
 
 def test_configured_vocabularies_replace_the_defaults():
-    vocabulary = Vocabulary.from_env({"PINREC_ACTIONS": "view,buy", "PINREC_SURFACES": "shop"})
+    vocabulary = Settings.from_env({"PINREC_ACTIONS": "view,buy", "PINREC_SURFACES": "shop"}).vocabulary
     event = parse_event(
         json.dumps({**GOOD, "action": "buy", "surface": "shop"}).encode(), b"7", vocabulary, LIMITS, NOW_MS
     )

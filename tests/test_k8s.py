@@ -18,13 +18,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
 from pinrec.localstack.provision import GO_TOOLS, go_tool_path
-from pinrec.settings import LocalStackSettings
+from pinrec.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "k8s-validate.sh"
 CHART = ROOT / "helm" / "pinrec"
 KUBE_VERSION = "1.31.0"
-TOOLS = {tool.name: go_tool_path(LocalStackSettings.from_env(), tool) for tool in GO_TOOLS}
+TOOLS = {tool.name: go_tool_path(Settings.from_env().local_stack, tool) for tool in GO_TOOLS}
 
 pytestmark = pytest.mark.skipif(
     not all(path.exists() for path in TOOLS.values()),
@@ -144,15 +144,15 @@ def series_names(family: Metric) -> set[str]:
 
 
 def exported_series() -> set[str]:
-    """Everything the predictor's and the consumer's /metrics can expose: the serving metrics and KServe's
-    own (both on the default registry of the model server) and the consumer's registry."""
+    """Everything the predictor's and the consumer's /metrics can expose: KServe's own (on the default
+    registry), the serving metrics (the model server puts them there too) and the consumer's registry."""
     import kserve.metrics  # noqa: F401  (registers request_*_seconds)
 
-    import pinrec.serving.metrics  # noqa: F401
+    from pinrec.serving.metrics import ServingMetrics
     from pinrec.stream.metrics import ConsumerMetrics
 
     names: set[str] = set()
-    for registry in (REGISTRY, ConsumerMetrics().registry):
+    for registry in (REGISTRY, ServingMetrics().registry, ConsumerMetrics().registry):
         for family in registry.collect():
             names |= series_names(family)
     return names

@@ -1,10 +1,14 @@
-"""Kafka client security options from the environment."""
+"""Kafka client security options from the environment (read once by the process settings)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pinrec.stream.security import kafka_client_options
+from pinrec.settings import Settings
+
+
+def kafka_client_options(environ: dict[str, str]) -> dict:
+    return Settings.from_env(environ).kafka_security.client_options()
 
 
 def test_plaintext_by_default():

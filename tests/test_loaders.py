@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.eventlog import EventLog
-from pinrec.model.loaders import (
+from pinrec.model.data.eventlog import EventLog
+from pinrec.model.data.loaders import (
     SYNTHETIC_STEP_MS,
     dataset_name,
     load_dataset,

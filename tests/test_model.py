@@ -12,14 +12,21 @@ import torch
 from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
 from pinrec.model.config import DAY_MS
+from pinrec.model.data.prepare import prepare
+from pinrec.model.data.sequences import (
+    Examples,
+    future_window,
+    leave_one_out,
+    recent_histories,
+    training_batches,
+)
+from pinrec.model.data.simulate import SimulationConfig, simulate
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
 from pinrec.model.finetune import SurfaceSessions, allowed_offsets, draw_offsets, finetune_surface
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
 from pinrec.model.index import IVF_PROBES, IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
-from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
-from pinrec.model.sequences import Examples, future_window, leave_one_out, recent_histories, training_batches
-from pinrec.model.simulate import SimulationConfig, simulate
+from pinrec.model.pretrain import base_config, new_model, pretrain
 from pinrec.model.train import TrainConfig, fit
 
 

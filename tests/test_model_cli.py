@@ -10,9 +10,10 @@ import pytest
 
 from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.artifacts import load_artifact
-from pinrec.model.eventlog import EventLog
-from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
-from pinrec.model.sequences import leave_one_out
+from pinrec.model.data.eventlog import EventLog
+from pinrec.model.data.prepare import prepare
+from pinrec.model.data.sequences import leave_one_out
+from pinrec.model.pretrain import base_config, new_model, pretrain
 from pinrec.model.train import TrainConfig
 from tests.helpers import cli_env, run_pinrec
 

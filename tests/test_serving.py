@@ -3,6 +3,7 @@ sequences from a real Feast store, checked against the in-process recommender.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -16,6 +17,8 @@ import requests
 from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, open_store
 from pinrec.serving.client import grpc_outputs, grpc_request, grpc_stub, rest_v1, rest_v2, v2_outputs
 from pinrec.serving.engine import LoadedModel, Recommender
+from pinrec.serving.metrics import ServingMetrics
+from pinrec.serving.predictor import SurfaceModel
 from pinrec.serving.request import parse_instance
 from pinrec.serving.settings import ServeSettings
 from tests.helpers import cli_env
@@ -86,12 +89,36 @@ def test_answers_equal_the_in_process_recommender(served):
     )
     for surface in SURFACES:
         instance = _instance(served, surface, steps=4)
-        request = parse_instance(instance, surface, recommender.limits(), NOW)
-        expected = recommender.recommend(request, surface, recommender.read_histories([request])[0])
+        request = parse_instance(instance, surface, recommender.limits(model), NOW)
+        expected = recommender.recommend(model, request, surface, recommender.read_histories([request])[0])
         answer = rest_v1(served.http, surface, [instance]).json()["predictions"][0]
         assert [item["item_id"] for item in answer["items"]] == expected.item_ids.tolist()
         assert [item["outcome"] for item in answer["items"]] == expected.outcomes
         assert np.allclose([item["score"] for item in answer["items"]], expected.scores, atol=1e-5)
+
+
+def test_a_swap_during_a_request_leaves_the_request_on_its_model(served):
+    old, new = (LoadedModel.load(path) for path in served.versions[:2])
+    sequences = SequenceStore(open_store(served.features))
+    recommender = Recommender(ServeSettings(served.artifacts), old, sequences)
+    metrics = ServingMetrics()
+    body = {"instances": [_instance(served, "home", steps=4)]}
+
+    async def call(predictor: SurfaceModel, swap_midway: bool) -> dict:
+        parsed = await predictor.preprocess(body)
+        if swap_midway:
+            recommender.swap(new)  # as the artifact watcher does, between parsing and inference
+        return (await predictor.postprocess(await predictor.predict(parsed)))["predictions"][0]
+
+    with ThreadPoolExecutor(1) as executor:
+        predictor = SurfaceModel("home", recommender, executor, metrics)
+        during, after = asyncio.run(call(predictor, True)), asyncio.run(call(predictor, False))
+    assert (during["model_version"], after["model_version"]) == ("v1", "v2")
+    request = parse_instance(body["instances"][0], "home", recommender.limits(old), NOW)
+    expected = recommender.recommend(old, request, "home", recommender.read_histories([request])[0])
+    assert [item["item_id"] for item in during["items"]] == expected.item_ids.tolist()
+    ok = {"surface": "home", "status": "ok"}
+    assert metrics.registry.get_sample_value("pinrec_requests_total", ok) == 2
 
 
 def test_cold_start_users_get_a_flagged_answer(served):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA, Vocabulary
-from pinrec.model.eventlog import EventLog
-from pinrec.model.simulate import DAY_MS, SimulationConfig, action_roles, build_world, simulate
+from pinrec.model.data.eventlog import EventLog
+from pinrec.model.data.simulate import DAY_MS, SimulationConfig, action_roles, build_world, simulate
 
 CONFIG = SimulationConfig.small()
 TINY = SimulationConfig.small(users=60, items=600, topics=8, days=7)

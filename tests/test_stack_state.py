@@ -10,7 +10,7 @@ import pytest
 
 from pinrec.localstack.processes import pick_port, port_is_free
 from pinrec.localstack.stack import LocalStack
-from pinrec.settings import LocalStackSettings
+from pinrec.settings import Settings
 
 from .helpers import free_port_settings
 
@@ -41,14 +41,14 @@ def test_down_never_signals_a_process_it_did_not_start(tmp_path):
 
 
 def test_settings_come_from_the_environment(tmp_path):
-    settings = LocalStackSettings.from_env(
+    settings = Settings.from_env(
         {"PINREC_HOME": str(tmp_path), "PINREC_KAFKA_BOOTSTRAP": "b:9092", "PINREC_REDIS_PORT": "0"}
-    )
+    ).local_stack
     assert settings.home == tmp_path and settings.state_dir == tmp_path / "run"
     assert settings.tools_dir == tmp_path / "tools"
     assert settings.kafka_bootstrap == "b:9092" and settings.redis_port == 0
     with pytest.raises(ValueError, match="PINREC_KAFKA_PORT"):
-        LocalStackSettings.from_env({"PINREC_KAFKA_PORT": "ninety"})
+        Settings.from_env({"PINREC_KAFKA_PORT": "ninety"})
 
 
 def test_pick_port_avoids_busy_and_taken_ports():

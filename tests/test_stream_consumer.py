@@ -194,7 +194,7 @@ def test_equal_event_times_and_rapid_updates_are_all_applied_on_redis(
     finally:
         stop.set()
         thread.join(30)
-    assert metrics.written._value.get() == len(events)
+    assert metrics.value("pinrec_consumer_sequences_written_total") == len(events)
 
 
 def test_sigterm_finishes_the_batch_and_commits(services, make_topic, unique_name, tmp_path):

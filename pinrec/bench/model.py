@@ -17,12 +17,13 @@ import numpy as np
 from pinrec.bench.report import print_table, write_json
 from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.config import DAY_MS, HOUR_MS
+from pinrec.model.data.loaders import dataset_name, load_dataset
+from pinrec.model.data.prepare import PreparedData, prepare
+from pinrec.model.data.sequences import future_window, leave_one_out
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
 from pinrec.model.finetune import finetune_surface
 from pinrec.model.future_eval import FutureEvalSettings, future_window_metrics, outcome_control_metrics
-from pinrec.model.loaders import dataset_name, load_dataset
-from pinrec.model.pretrain import PreparedData, base_config, new_model, prepare, pretrain
-from pinrec.model.sequences import future_window, leave_one_out
+from pinrec.model.pretrain import base_config, new_model, pretrain
 from pinrec.model.train import TrainConfig, plot_curves
 
 log = logging.getLogger(__name__)

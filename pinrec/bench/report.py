@@ -1,9 +1,22 @@
-"""Printing a benchmark's table and writing its JSON."""
+"""Latency percentiles, printing a benchmark's table and writing its JSON."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import numpy as np
+
+
+def percentiles(latencies_ms: list[float]) -> dict[str, float]:
+    """p50_ms and p99_ms (NaN when nothing was measured)."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    if not len(values):
+        return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 3),
+        "p99_ms": round(float(np.percentile(values, 99)), 3),
+    }
 
 
 def print_table(title: str, rows: list[tuple[str, object]]) -> None:

@@ -71,7 +71,11 @@ def _consume_until(
     started = time.monotonic()
     thread.start()
     deadline = started + 1800
-    while time.monotonic() < deadline and thread.is_alive() and metrics.consumed._value.get() < expected:
+    while (
+        time.monotonic() < deadline
+        and thread.is_alive()
+        and metrics.value("pinrec_consumer_events_consumed_total") < expected
+    ):
         if feeder is not None and feeder.poll() not in (None, 0):
             break
         time.sleep(0.02)
@@ -81,15 +85,14 @@ def _consume_until(
     if feeder is not None and feeder.poll() not in (None, 0):
         tail = feeder_log.read_text(errors="replace")[-2000:] if feeder_log else ""
         raise RuntimeError(f"the producer process failed (exit {feeder.returncode}):\n{tail}")
-    consumed = metrics.consumed._value.get()
+    consumed = metrics.value("pinrec_consumer_events_consumed_total")
     if consumed < expected:
         raise RuntimeError(f"consumer read {consumed:,} of {expected:,} messages")
     log.info("read %d messages in %.1f s", consumed, seconds)
     return ConsumerRun(consumed / seconds, seconds, metrics)
 
 
-def run_stream_bench(config: StreamBenchConfig, json_path: Path | None) -> dict:
-    base = LocalStackSettings.from_env()
+def run_stream_bench(config: StreamBenchConfig, json_path: Path | None, base: LocalStackSettings) -> dict:
     with tempfile.TemporaryDirectory(prefix="pinrec-bench-stream-") as tmp:
         workdir = Path(tmp)
         stack_settings = replace(
@@ -190,8 +193,8 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
         "freshness_p99_ms": round(float(np.quantile(freshness_ms, 0.99)), 1),
         "steady_rate_events_per_s": config.steady_rate,
         "steady_achieved_events_per_s": round(steady.events_per_s, 1),
-        "sequences_written": int(full.metrics.written._value.get()),
-        "events_applied": int(full.metrics.applied._value.get()),
+        "sequences_written": int(full.metrics.value("pinrec_consumer_sequences_written_total")),
+        "events_applied": int(full.metrics.value("pinrec_consumer_events_applied_total")),
         "config": asdict(config),
     }
 

@@ -1,10 +1,9 @@
-"""Start, find and stop the service processes the local stack owns, by PID and command line."""
+"""Start, find and stop the service processes the local stack owns, by PID, start time and command line."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import os
 import signal
 import socket
@@ -12,6 +11,8 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
 
@@ -73,37 +74,60 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def process_matches(pid: int, markers: Sequence[str]) -> bool:
-    """True when pid is a live (not zombie) process whose command line contains every marker.
+# Process start times are kept to this precision: psutil derives them from the boot time, which the kernel
+# recomputes when the wall clock is adjusted.
+_START_TIME_TOLERANCE_S = 1.0
 
-    Checking the command line keeps us from signalling an unrelated process that reused a recorded PID.
+
+def started_at(pid: int) -> float | None:
+    """The process's start time (seconds since the epoch), recorded to recognise it later; None when gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _ours(pid: int, markers: Sequence[str], started: float | None) -> psutil.Process | None:
+    """The live (not zombie) process pid when it is the one recorded: started at `started` (when known) and
+    with every marker in its command line; None otherwise.
+
+    Both checks keep us from signalling an unrelated process that reused a recorded PID.
     """
     _reap(pid)
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z" and all(marker in cmdline for marker in markers)
+        process = psutil.Process(pid)
+        if started is not None and abs(process.create_time() - started) > _START_TIME_TOLERANCE_S:
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        cmdline = " ".join(process.cmdline())
+    except psutil.Error:  # gone, a zombie, or not ours to inspect
+        return None
+    return process if all(marker in cmdline for marker in markers) else None
 
 
-def stop(pid: int, markers: Sequence[str], timeout_s: float = 30.0) -> bool:
+def process_matches(pid: int, markers: Sequence[str], started: float | None = None) -> bool:
+    """True when pid is a live (not zombie) process whose command line contains every marker and, when
+    `started` is given, that started then."""
+    return _ours(pid, markers, started) is not None
+
+
+def stop(pid: int, markers: Sequence[str], timeout_s: float = 30.0, started: float | None = None) -> bool:
     """SIGTERM the process, SIGKILL it after timeout_s; False when it was not ours or already gone."""
-    if not process_matches(pid, markers):
+    process = _ours(pid, markers, started)
+    if process is None:
         return False
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
         try:
-            os.kill(pid, sig)
-        except OSError as error:
-            if error.errno == errno.ESRCH:
-                return True
-            raise
+            process.send_signal(sig)  # psutil refuses when the PID was reused since
+        except psutil.NoSuchProcess:
+            return True
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if not process_matches(pid, markers):
+            if not process_matches(pid, markers, started):
                 return True
             time.sleep(0.1)
-    return not process_matches(pid, markers)
+    return not process_matches(pid, markers, started)
 
 
 def wait_until(
@@ -123,6 +147,23 @@ def wait_until(
             raise RuntimeError(f"{what} exited during start-up{_log_tail(log_path)}")
         time.sleep(0.25)
     raise TimeoutError(f"{what} was not ready after {timeout_s:.0f} s{_log_tail(log_path)}")
+
+
+def wait_for_http(
+    url: str, process: subprocess.Popen, *, what: str, timeout_s: float, log_path: Path | None = None
+) -> None:
+    """Wait until GET url answers with a success status; fail early when the process exits."""
+    import requests
+
+    def answers() -> bool:
+        try:
+            return requests.get(url, timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    wait_until(
+        answers, what=what, timeout_s=timeout_s, alive=lambda: process.poll() is None, log_path=log_path
+    )
 
 
 def _log_tail(log_path: Path | None, lines: int = 15) -> str:

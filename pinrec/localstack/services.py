@@ -27,6 +27,7 @@ class ServiceRecord:
     markers: list[str]  # substrings of the command line that identify the process as ours
     log: str
     endpoint: dict[str, str] = field(default_factory=dict)
+    started: float | None = None  # the process's start time: a reused PID has another (None: not recorded)
 
     def to_json(self) -> dict:
         return asdict(self)

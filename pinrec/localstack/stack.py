@@ -62,7 +62,7 @@ class LocalStack:
         tmp.replace(self.state_file)
 
     def _running(self, record: ServiceRecord) -> bool:
-        return processes.process_matches(record.pid, record.markers)
+        return processes.process_matches(record.pid, record.markers, record.started)
 
     # --- commands ---------------------------------------------------------------------------------
 
@@ -108,7 +108,15 @@ class LocalStack:
             plan.command, log_path, bound_to_parent=self.bound_to_parent, cwd=service.dir
         )
         pid = process.pid
-        record = ServiceRecord(service.name, pid, plan.ports, plan.markers, str(log_path), plan.endpoint)
+        record = ServiceRecord(
+            service.name,
+            pid,
+            plan.ports,
+            plan.markers,
+            str(log_path),
+            plan.endpoint,
+            started=processes.started_at(pid),
+        )
         try:
             processes.wait_until(
                 lambda: service.ready(plan.endpoint),
@@ -118,7 +126,7 @@ class LocalStack:
                 log_path=log_path,
             )
         except BaseException:
-            processes.stop(pid, plan.markers, timeout_s=5)
+            processes.stop(pid, plan.markers, timeout_s=5, started=record.started)
             raise
         log.info(
             "%s ready in %.1f s (pid %d, %s)", service.name, time.monotonic() - started, pid, plan.endpoint
@@ -130,7 +138,7 @@ class LocalStack:
         stopped = []
         for name in reversed(names):
             record = records.pop(name)
-            if processes.stop(record.pid, record.markers):
+            if processes.stop(record.pid, record.markers, started=record.started):
                 stopped.append(name)
             self._save(records)
         return stopped

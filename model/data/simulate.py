@@ -1,7 +1,7 @@
 """The synthetic multi-surface world: users with several drifting interests visit a home feed, search and
 related-item lists; every item shown is an impression, some are engaged with, and the outcome (click, save,
 ...) depends on the surface, the item and the user. The generative story, its parameters and what each
-benchmark relies on are in model/SIMULATION.md.
+benchmark relies on are in model/data/SIMULATION.md.
 
 Everything is vectorised with numpy: the world (items, users, interests per day) is built at once, session
 skeletons (user, time, surface, length) at once, and the sessions' contents in rounds, one round per
@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.eventlog import EventLog
+from pinrec.model.data.eventlog import EventLog, positive_mask
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def _switch_interests(
 
 
 @dataclass(frozen=True)
-class Catalog:
+class SimulatedCatalog:
     """Precomputed lookups over the items: popularity sampling per topic, search results, neighbours."""
 
     by_topic: np.ndarray  # (I,) item indices sorted by topic
@@ -369,7 +369,7 @@ class Catalog:
         return self.by_topic[np.searchsorted(self.topic_keys, keys, side="right")]
 
 
-def build_catalog(config: SimulationConfig, world: World) -> Catalog:
+def build_simulated_catalog(config: SimulationConfig, world: World) -> SimulatedCatalog:
     rng = np.random.default_rng([config.seed, 3])
     by_topic = np.lexsort((np.arange(config.items), world.item_topic))
     topics_sorted = world.item_topic[by_topic]
@@ -390,7 +390,7 @@ def build_catalog(config: SimulationConfig, world: World) -> Catalog:
         rows = slice(topic * config.query_variants, (topic + 1) * config.query_variants)
         results[rows] = _top(members, relevance, results.shape[1])
         neighbours[members] = _neighbours(members, latent, neighbours.shape[1], rng)
-    return Catalog(by_topic, topics_sorted + share, query_vectors, results, neighbours)
+    return SimulatedCatalog(by_topic, topics_sorted + share, query_vectors, results, neighbours)
 
 
 NEIGHBOUR_CANDIDATES = 4096  # a topic larger than this finds related items among a sample of it (ours)
@@ -478,7 +478,7 @@ class _Simulator:
         self.config = config
         self.roles = action_roles(vocabulary)
         self.world = build_world(config, vocabulary)
-        self.catalog = build_catalog(config, self.world)
+        self.catalog = build_simulated_catalog(config, self.world)
         self.sessions = plan_sessions(config, self.world)
         self.rng = np.random.default_rng([config.seed, 5])
         outcomes = len(self.roles.outcomes)
@@ -765,7 +765,7 @@ def _facts(config: SimulationConfig, vocabulary: Vocabulary, sim: _Simulator, sl
         shares = (counts / max(counts.sum(), 1)).round(4).tolist()
         outcome_mix[name] = dict(zip(sim.roles.outcomes, shares, strict=True))
     return {
-        "generator": "pinrec.model.simulate",
+        "generator": "pinrec.model.data.simulate",
         "config": asdict(config),
         "impression_action": sim.roles.impression,
         "outcome_actions": list(sim.roles.outcomes),
@@ -773,7 +773,7 @@ def _facts(config: SimulationConfig, vocabulary: Vocabulary, sim: _Simulator, sl
         "events": len(frame),
         "sessions": len(sim.sessions.user),
         "impressions": int((frame["action"] == sim.roles.impression).sum()),
-        "engagements": int((frame["action"] != sim.roles.impression).sum()),
+        "engagements": int(positive_mask(frame, vocabulary).sum()),
         "engagement_rate": {
             name: round(float(engaged[surface == code].mean()), 4) if (surface == code).any() else 0.0
             for code, name in enumerate(names)

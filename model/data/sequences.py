@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.eventlog import EventLog
+from pinrec.model.data.eventlog import EventLog
 
 
 @dataclass
-class Catalog:
+class ItemCatalog:
     """Items get indices 1..V (0 is padding) in the order of their raw ids."""
 
     item_ids: np.ndarray  # (V,) raw item ids, sorted; index i + 1 is item_ids[i]
@@ -29,9 +29,14 @@ class Catalog:
 
     def index_of(self, raw_ids: np.ndarray) -> np.ndarray:
         """Indices of raw item ids; 0 for ids not in the catalog."""
-        raw_ids = np.asarray(raw_ids, dtype=np.int64)
-        at = np.searchsorted(self.item_ids, raw_ids).clip(0, max(self.size - 1, 0))
-        return np.where(self.item_ids[at] == raw_ids, at + 1, 0) if self.size else np.zeros_like(raw_ids)
+        return item_indices(self.item_ids, raw_ids)
+
+
+def item_indices(item_ids: np.ndarray, raw_ids: np.ndarray) -> np.ndarray:
+    """Indices 1..V of raw item ids in a sorted catalog of raw ids (V,); 0 for ids not in it."""
+    raw_ids = np.asarray(raw_ids, dtype=np.int64)
+    at = np.searchsorted(item_ids, raw_ids).clip(0, max(len(item_ids) - 1, 0))
+    return np.where(item_ids[at] == raw_ids, at + 1, 0) if len(item_ids) else np.zeros_like(raw_ids)
 
 
 @dataclass
@@ -56,11 +61,13 @@ class Histories:
         return row
 
 
-def build_catalog(log: EventLog, positives: np.ndarray, item_ids: np.ndarray | None = None) -> Catalog:
+def build_item_catalog(
+    log: EventLog, positives: np.ndarray, item_ids: np.ndarray | None = None
+) -> ItemCatalog:
     events = log.events
     if item_ids is None:
         item_ids = np.unique(events["item_id"].to_numpy(dtype=np.int64))
-    catalog = Catalog(item_ids, None, np.zeros(len(item_ids) + 1, dtype=np.int64))
+    catalog = ItemCatalog(item_ids, None, np.zeros(len(item_ids) + 1, dtype=np.int64))
     np.add.at(catalog.counts, catalog.index_of(events["item_id"].to_numpy(dtype=np.int64)[positives]), 1)
     if log.item_features is not None:
         content = np.zeros((len(item_ids) + 1, log.item_features.shape[1]), dtype=np.float32)
@@ -70,12 +77,8 @@ def build_catalog(log: EventLog, positives: np.ndarray, item_ids: np.ndarray | N
     return catalog
 
 
-def positive_mask(log: EventLog, vocabulary: Vocabulary) -> np.ndarray:
-    return ~log.events["action"].isin(list(vocabulary.unsequenced_actions)).to_numpy()
-
-
 def build_histories(
-    log: EventLog, catalog: Catalog, vocabulary: Vocabulary, positives: np.ndarray
+    log: EventLog, catalog: ItemCatalog, vocabulary: Vocabulary, positives: np.ndarray
 ) -> Histories:
     events = log.events[positives]  # already sorted by (user_id, ts_ms)
     user_column = events["user_id"].to_numpy(dtype=np.int64)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.eventlog import EventLog
-from pinrec.model.sequences import Catalog
+from pinrec.model.data.eventlog import EventLog, positive_mask
+from pinrec.model.data.sequences import ItemCatalog
 
 ITEMS_PER_QUERY = 20  # the most engaged items that define a query (ours)
 FILE = "search_queries.npz"
@@ -47,11 +47,10 @@ class QueryItems:
             return cls(saved["query_ids"], saved["offsets"], saved["items"])
 
 
-def search_query_items(log: EventLog, catalog: Catalog, vocabulary: Vocabulary) -> QueryItems:
+def search_query_items(log: EventLog, catalog: ItemCatalog, vocabulary: Vocabulary) -> QueryItems:
     """The ITEMS_PER_QUERY items engaged most often (positive actions) after each search query id."""
     events = log.events
-    positive = ~events["action"].isin(list(vocabulary.unsequenced_actions))
-    rows = events[positive & events["query_id"].notna()]
+    rows = events[positive_mask(events, vocabulary) & events["query_id"].notna().to_numpy()]
     items = catalog.index_of(rows["item_id"].to_numpy(dtype=np.int64))
     frame = rows.assign(item=items)[["query_id", "item"]]
     frame = frame[frame["item"] > 0]

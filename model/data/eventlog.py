@@ -16,11 +16,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pinrec.featurestore.schema import EVENT_LOG_SCHEMA
+from pinrec.featurestore.schema import EVENT_LOG_SCHEMA, Vocabulary
 
 EVENTS_FILE = "events.parquet"
 ITEMS_FILE = "items.parquet"
 META_FILE = "eventlog.json"
+
+
+def positive_mask(events: pd.DataFrame, vocabulary: Vocabulary) -> np.ndarray:
+    """(N,) True for the events that are positive actions: those the vocabulary keeps in user sequences
+    (an impression is not one). Training, search contexts, finetuning and the simulator's facts share it."""
+    return ~events["action"].isin(list(vocabulary.unsequenced_actions)).to_numpy()
 
 
 @dataclass

@@ -5,34 +5,51 @@ the retrieval budget."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pinrec.demo.config import DemoConfig
 from pinrec.model.config import DAY_MS, HOUR_MS
+
+if TYPE_CHECKING:
+    from pinrec.model.data.prepare import PreparedData
+    from pinrec.model.data.sequences import FutureWindow
+    from pinrec.model.data.simulate import World
+    from pinrec.model.network import PinRecModel
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    """Protocol B at one budget N: recall of the held-out users' next 3 days, and diversity."""
+
+    budget: int
+    recall: float
+    unique_share: float
+    coverage: float  # share of the catalog retrieved for anyone
 
 
 @dataclass
 class DemoModel:
     artifact: Path
-    data: object  # PreparedData
-    world: object  # the simulator's ground truth (item topics)
+    data: PreparedData
+    world: World  # the simulator's ground truth (item topics)
     curves: dict[str, list[dict]]  # training curves: pretrain and one per surface head
     pretrain_seconds: float
-    budget_curve: list[dict] = field(default_factory=list)  # recall and diversity per budget N
+    budget_curve: list[BudgetPoint]  # recall and diversity per budget N
 
 
-def train_demo_model(config, work: Path, note: Callable[[str], None]) -> DemoModel:
+def train_demo_model(config: DemoConfig, work: Path, note: Callable[[str], None]) -> DemoModel:
     from pinrec.featurestore.schema import Vocabulary
-    from pinrec.model.artifacts import data_fingerprint, save_artifact
-    from pinrec.model.contexts import search_query_items
+    from pinrec.model.artifacts import save_trained
+    from pinrec.model.data.prepare import prepare
+    from pinrec.model.data.sequences import future_window
+    from pinrec.model.data.simulate import SimulationConfig, build_world, simulate
     from pinrec.model.finetune import finetune_surface
-    from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
-    from pinrec.model.sequences import future_window
-    from pinrec.model.simulate import SimulationConfig, build_world, simulate
+    from pinrec.model.pretrain import base_config, new_model, pretrain
     from pinrec.model.train import TrainConfig
-    from pinrec.model_commands import outcome_mix
 
     vocabulary = Vocabulary()
     world_config = SimulationConfig(
@@ -62,41 +79,36 @@ def train_demo_model(config, work: Path, note: Callable[[str], None]) -> DemoMod
         )  # fmt: skip
         curves[f"{name} head"] = head.curve
         note(f"{name} head: validation hit@10 {head.best_metric:.4f} (epoch {head.best_epoch})")
-    artifact = save_artifact(
-        work / "artifacts" / "demo-v1",
-        model,
-        data.catalog.item_ids,
-        vocabulary,
-        data_fingerprint(log.events),
-        metrics={"validation_ndcg@10": result.best_metric},
-        popularity=data.catalog.counts,
-        query_items=search_query_items(log, data.catalog, vocabulary),
-        extra={"outcome_mix": outcome_mix(data)},
+    artifact = save_trained(
+        work / "artifacts" / "demo-v1", model, data, {"validation_ndcg@10": result.best_metric}
     )
-    demo = DemoModel(artifact, data, world, curves, result.seconds)
-    demo.budget_curve = budget_curve(model, data, split)
-    return demo
+    return DemoModel(artifact, data, world, curves, result.seconds, budget_curve(model, data, split))
 
 
-def budget_curve(model, data, split, budgets=(10, 20, 50, 100, 200)) -> list[dict]:
+def budget_curve(
+    model: PinRecModel,
+    data: PreparedData,
+    split: FutureWindow,
+    budgets: tuple[int, ...] = (10, 20, 50, 100, 200),
+) -> list[BudgetPoint]:
     """Protocol B on the held-out users at several budgets: recall of their next 3 days, and diversity."""
     from pinrec.model.evaluate import item_index
     from pinrec.model.future_eval import FutureEvalSettings, future_window_metrics
 
     index = item_index(model)
     outcomes, shares = data.outcome_mix()
-    rows = []
+    points = []
     for budget in budgets:
         metrics = future_window_metrics(
             model, index, data.histories, split.test, outcomes, shares, data.primary_surface,
             FutureEvalSettings(budget=budget),
         )  # fmt: skip
-        rows.append(
-            {
-                "budget": budget,
-                "recall": metrics[f"recall@{budget}_budgeted"],
-                "unique_share": metrics["diversity_unique_share"],
-                "coverage": metrics["catalog_coverage"],
-            }
+        points.append(
+            BudgetPoint(
+                budget,
+                recall=metrics[f"recall@{budget}_budgeted"],
+                unique_share=metrics["diversity_unique_share"],
+                coverage=metrics["catalog_coverage"],
+            )
         )
-    return rows
+    return points

@@ -1,4 +1,4 @@
-"""`pinrec simulate`, `pinrec train`, `pinrec finetune`, `pinrec eval` and `pinrec bench model`.
+"""`pinrec simulate`, `pinrec train`, `pinrec finetune` and `pinrec eval`.
 
 torch, faiss and pandas are imported inside the commands so that `pinrec --help` stays fast.
 """
@@ -10,13 +10,15 @@ import json
 import logging
 from pathlib import Path
 
+from pinrec.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     simulate = subparsers.add_parser(
         "simulate",
-        help="write the synthetic multi-surface world as an event log (model/SIMULATION.md)",
+        help="write the synthetic multi-surface world as an event log (model/data/SIMULATION.md)",
     )
     simulate.add_argument(
         "--out", type=Path, required=True, help="folder for events.parquet and items.parquet"
@@ -26,6 +28,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     simulate.add_argument("--items", type=int, help="catalog size (default: 20000, or 2000 with --small)")
     simulate.add_argument("--days", type=int, help="simulated days (default: 30, or 14 with --small)")
     simulate.add_argument("--seed", type=int, default=0)
+    simulate.set_defaults(handler=run_simulate)
 
     train = subparsers.add_parser(
         "train", help="pretrain the backbone and shared head on positive actions of all surfaces"
@@ -44,6 +47,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         ("hash-tables", 0, "hash item ids into this many smaller tables (0: one table per item)"),
     ):
         train.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default})")
+    train.set_defaults(handler=run_train)
 
     finetune = subparsers.add_parser(
         "finetune", help="train a new head for one surface on its impressions (backbone frozen)"
@@ -58,28 +62,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         help="train the backbone and item tower too (changes every surface's results; default: frozen)",
     )
     _training_options(finetune)
+    finetune.set_defaults(handler=run_finetune)
 
     evaluate = subparsers.add_parser("eval", help="evaluate an artifact (protocol A or B/C) on an event log")
     evaluate.add_argument("--artifact", type=Path, required=True)
     _data_option(evaluate)
     evaluate.add_argument("--protocol", choices=["loo", "future"], default="loo")
     evaluate.add_argument("--json", type=Path, help="write the metrics here")
-
-
-def add_bench_parser(kinds: argparse._SubParsersAction) -> None:
-    bench = kinds.add_parser(
-        "model",
-        help="PinRec vs SASRec trained in the same run: protocol A (leave-one-out) or B/C (future windows)",
-    )
-    bench.add_argument(
-        "--dataset", type=Path, required=True, help="S3-Rec .txt, u.data, ratings.csv or event log"
-    )
-    bench.add_argument("--time-budget-min", type=float, default=20.0, help="training minutes per model")
-    bench.add_argument("--protocol", choices=["auto", "loo", "future"], default="auto")
-    bench.add_argument("--max-epochs", type=int, default=200)
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--out", type=Path, default=Path("bench-model"), help="folder for training curves")
-    bench.add_argument("--json", type=Path, help="write the results here")
+    evaluate.set_defaults(handler=run_eval)
 
 
 def _data_option(parser: argparse.ArgumentParser) -> None:
@@ -108,8 +98,8 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(time_budget_s=budget, max_epochs=args.max_epochs, seed=args.seed, threads=args.threads)
 
 
-def run_simulate(args: argparse.Namespace) -> int:
-    from pinrec.model.simulate import SimulationConfig, simulate
+def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.model.data.simulate import SimulationConfig, simulate
 
     overrides = {k: v for k, v in (("users", args.users), ("items", args.items), ("days", args.days)) if v}
     config = (
@@ -123,25 +113,17 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def outcome_mix(data) -> dict[str, float]:
-    """The training log's positive outcome shares: a request's default budget."""
-    outcomes, shares = data.outcome_mix()
-    return {data.vocabulary.actions[o]: share for o, share in zip(outcomes, shares, strict=True)}
-
-
-def run_train(args: argparse.Namespace) -> int:
-    from pinrec.featurestore.schema import Vocabulary
-    from pinrec.model.artifacts import data_fingerprint, save_artifact
-    from pinrec.model.contexts import search_query_items
-    from pinrec.model.generate import sample_queries
-    from pinrec.model.loaders import load_dataset
-    from pinrec.model.pretrain import base_config, new_model, prepare, pretrain
-    from pinrec.model.sequences import leave_one_out
+def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.model.artifacts import save_trained
+    from pinrec.model.data.loaders import load_dataset
+    from pinrec.model.data.prepare import prepare
+    from pinrec.model.data.sequences import leave_one_out
+    from pinrec.model.pretrain import base_config, new_model, pretrain
     from pinrec.model.train import plot_curves
 
     if args.out.exists():
         raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
-    vocabulary = Vocabulary.from_env()
+    vocabulary = settings.vocabulary
     data = prepare(load_dataset(args.data, vocabulary), vocabulary)
     split = leave_one_out(data.histories)  # the second-to-last action of each user validates
     config = base_config(
@@ -156,32 +138,20 @@ def run_train(args: argparse.Namespace) -> int:
     result = pretrain(
         model, data, split.train_ends, split.valid, _train_config(args), checkpoint=args.checkpoint
     )
-    save_artifact(
-        args.out,
-        model,
-        data.catalog.item_ids,
-        vocabulary,
-        data_fingerprint(data.log.events),
-        metrics={"validation_ndcg@10": result.best_metric, "training": result.to_dict()},
-        popularity=data.catalog.counts,
-        query_items=search_query_items(data.log, data.catalog, vocabulary),
-        extra={"outcome_mix": outcome_mix(data)},
-        index_queries=sample_queries(model, data),
-    )
+    metrics = {"validation_ndcg@10": result.best_metric, "training": result.to_dict()}
+    save_trained(args.out, model, data, metrics)
     plot_curves({args.variant: result.curve}, args.out / "training-curve.png", "NDCG@10")
     print(f"wrote {args.out} (validation NDCG@10 {result.best_metric:.4f}, {result.seconds:.0f} s)")
     return 0
 
 
-def run_finetune(args: argparse.Namespace) -> int:
+def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
 
-    from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
-    from pinrec.model.contexts import search_query_items
+    from pinrec.model.artifacts import load_artifact, save_trained
+    from pinrec.model.data.loaders import load_dataset
+    from pinrec.model.data.prepare import prepare
     from pinrec.model.finetune import finetune_surface
-    from pinrec.model.generate import sample_queries
-    from pinrec.model.loaders import load_dataset
-    from pinrec.model.pretrain import prepare
 
     if args.out.exists():
         raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
@@ -205,30 +175,19 @@ def run_finetune(args: argparse.Namespace) -> int:
             freeze_backbone=not args.unfreeze_backbone,
         )
         metrics[f"finetune_{surface}_hit@10"] = result.best_metric
-    save_artifact(
-        args.out,
-        artifact.model,
-        artifact.item_ids,
-        vocabulary,
-        data_fingerprint(data.log.events),
-        metrics=metrics,
-        popularity=data.catalog.counts,
-        query_items=search_query_items(data.log, data.catalog, vocabulary),
-        extra={"outcome_mix": outcome_mix(data)},
-        index_queries=sample_queries(artifact.model, data),
-    )
+    save_trained(args.out, artifact.model, data, metrics)  # data's catalog is the artifact's
     print(f"wrote {args.out} with heads {', '.join(artifact.model.heads.keys())}")
     return 0
 
 
-def run_eval(args: argparse.Namespace) -> int:
+def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.model.artifacts import load_artifact
     from pinrec.model.config import DAY_MS
+    from pinrec.model.data.loaders import load_dataset
+    from pinrec.model.data.prepare import prepare
+    from pinrec.model.data.sequences import future_window, leave_one_out
     from pinrec.model.evaluate import leave_one_out_metrics, next_queries
     from pinrec.model.future_eval import future_window_metrics, outcome_control_metrics
-    from pinrec.model.loaders import load_dataset
-    from pinrec.model.pretrain import prepare
-    from pinrec.model.sequences import future_window, leave_one_out
 
     artifact = load_artifact(args.artifact)
     data = prepare(
@@ -251,21 +210,3 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     return 0
-
-
-def run_bench_model(args: argparse.Namespace) -> int:
-    from pinrec.bench.model import ModelBenchConfig, run_model_bench
-
-    config = ModelBenchConfig(
-        dataset=args.dataset,
-        protocol=args.protocol,
-        time_budget_min=args.time_budget_min,
-        out_dir=args.out,
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-    )
-    run_model_bench(config, args.json)
-    return 0
-
-
-COMMANDS = {"simulate": run_simulate, "train": run_train, "finetune": run_finetune, "eval": run_eval}

@@ -4,20 +4,29 @@ their recommendations, and every surface queried under two outcome budgets."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import requests
 import torch
 
-from pinrec.demo_report import scrape, total
-from pinrec.serving.client import grpc_outputs, grpc_request, grpc_stub, rest_v1, rest_v2
+from pinrec.bench.load import LoadResult, one_at_a_time, protocol_senders, round_robin
+from pinrec.demo.config import BUDGETS, DemoConfig
+from pinrec.demo.metrics import consumed_events
+from pinrec.demo.model import DemoModel
+from pinrec.serving.client import rest_v1
 from pinrec.serving.engine import pairwise_distance
+from pinrec.stream.security import KafkaEndpoint
 
-BUDGETS = {"saves": {"save": 0.8, "click": 0.2}, "clicks": {"click": 0.8, "save": 0.2}}
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pinrec.model.data.sequences import Histories
+    from pinrec.server_process import ServerProcess
+    from pinrec.stream.events import Event
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamFacts:
     events: int
     seconds: float  # from the first send to the consumer having written everything
@@ -27,7 +36,7 @@ class StreamFacts:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class LiveFacts:
     user_id: int
     new_topic: int
@@ -38,11 +47,11 @@ class LiveFacts:
     new_topic_share_after: float
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixFacts:
     surface: str
-    budget: str
-    context: dict
+    budget: str  # a name in BUDGETS
+    context: dict[str, int]
     outcome_share: dict[str, float]  # share of the returned items per producing outcome
     archetype_share: dict[str, float]  # share of the returned items made for each outcome (ground truth)
     topics: int  # distinct topics among the returned items
@@ -50,14 +59,13 @@ class MixFacts:
     latency_ms: float
 
 
-@dataclass
-class TrafficFacts:
-    latencies_ms: list[float] = field(default_factory=list)
-    requests_per_s: float = 0.0
-    errors: int = 0
+def sample_users(histories: Histories, count: int) -> np.ndarray:
+    """Rows of the users with the most history (they make the clearest story), up to count."""
+    lengths = np.diff(histories.offsets)
+    return np.argsort(-lengths, kind="stable")[:count]
 
 
-def _events(frame, shift_ms: int) -> list:
+def _events(frame: pd.DataFrame, shift_ms: int) -> list[Event]:
     from pinrec.stream.events import Event
 
     columns = ["event_id", "user_id", "item_id", "action", "surface", "ts_ms", "query_id", "subject_item_id"]
@@ -65,14 +73,11 @@ def _events(frame, shift_ms: int) -> list:
     return [Event(**(row | {"ts_ms": int(row["ts_ms"]) + shift_ms})) for row in rows]
 
 
-def _consumed(consumer_metrics: str) -> float:
-    return total(scrape(consumer_metrics).get("pinrec_consumer_events_consumed_total", []))
-
-
-def stream_histories(bootstrap: str, topic: str, model, config, consumer_metrics: str) -> StreamFacts:
+def stream_histories(
+    kafka: KafkaEndpoint, topic: str, model: DemoModel, config: DemoConfig, consumer_metrics: str
+) -> StreamFacts:
     """The streamed users' whole activity (impressions included), times shifted so that it ends now, sent
     through Kafka; done when the consumer has written all of it to Feast."""
-    from pinrec.demo import sample_users
     from pinrec.stream.producer import produce
 
     data = model.data
@@ -80,28 +85,37 @@ def stream_histories(bootstrap: str, topic: str, model, config, consumer_metrics
     frame = data.log.events[data.log.events["user_id"].isin(users)]
     shift = int(time.time() * 1000) - 60_000 - int(frame["ts_ms"].max())
     events = _events(frame, shift)
-    before = _consumed(consumer_metrics)
+    before = consumed_events(consumer_metrics)
     started = time.monotonic()
-    produce(bootstrap, topic, events, stamp_now=False, total=len(events), progress=False)
+    produce(
+        kafka.bootstrap,
+        topic,
+        events,
+        stamp_now=False,
+        total=len(events),
+        progress=False,
+        security=kafka.security,
+    )
     deadline = time.monotonic() + 300
-    while _consumed(consumer_metrics) - before < len(events):
+    while consumed_events(consumer_metrics) - before < len(events):
         if time.monotonic() > deadline:
             raise TimeoutError("the consumer did not write the streamed events within 5 minutes")
         time.sleep(0.2)
     return StreamFacts(len(events), time.monotonic() - started)
 
 
-def _home(server, user_id: int, k: int = 20) -> list[int]:
+def _home(server: ServerProcess, user_id: int, k: int = 20) -> list[int]:
     instance = {"user_id": user_id, "k": k, "budget": BUDGETS["saves"]}
     response = rest_v1(server.http, "home", [instance])
     response.raise_for_status()
     return [item["item_id"] for item in response.json()["predictions"][0]["items"]]
 
 
-def live_freshness(bootstrap: str, topic: str, server, model, config) -> LiveFacts:
+def live_freshness(
+    kafka: KafkaEndpoint, topic: str, server: ServerProcess, model: DemoModel, config: DemoConfig
+) -> LiveFacts:
     """The most active streamed user saves a few popular items of a topic they never engaged with; the demo
     polls their home feed until it changes."""
-    from pinrec.demo import sample_users
     from pinrec.stream.events import Event
     from pinrec.stream.producer import produce
 
@@ -128,7 +142,7 @@ def live_freshness(bootstrap: str, topic: str, server, model, config) -> LiveFac
         for n, item in enumerate(new_items)
     ]
     sent = time.monotonic()
-    produce(bootstrap, topic, events, stamp_now=True, progress=False)
+    produce(kafka.bootstrap, topic, events, stamp_now=True, progress=False, security=kafka.security)
     deadline = sent + 60
     after = before
     while after == before and time.monotonic() < deadline:
@@ -140,10 +154,10 @@ def live_freshness(bootstrap: str, topic: str, server, model, config) -> LiveFac
     return LiveFacts(user_id, new_topic, before, after, freshness, topic_share(before), topic_share(after))
 
 
-def surface_mixes(server, model, user_id: int) -> tuple[list[MixFacts], TrafficFacts]:
+def surface_mixes(server: ServerProcess, model: DemoModel, user_id: int) -> tuple[list[MixFacts], LoadResult]:
     """Each surface with its context under each budget (REST v1), then a burst of mixed REST v1 / v2 / gRPC
     traffic for the latency figures."""
-    from pinrec.model.simulate import action_roles
+    from pinrec.model.data.simulate import action_roles
 
     data, world = model.data, model.world
     outcomes = action_roles(data.vocabulary).outcomes
@@ -181,26 +195,20 @@ def surface_mixes(server, model, user_id: int) -> tuple[list[MixFacts], TrafficF
     return mixes, traffic_burst(server, user_id, contexts)
 
 
-def traffic_burst(server, user_id: int, contexts: dict, count: int = 150) -> TrafficFacts:
-    stub = grpc_stub(server.grpc)
-    session = requests.Session()
-    facts = TrafficFacts()
-    started = time.perf_counter()
+def traffic_burst(
+    server: ServerProcess, user_id: int, contexts: dict[str, dict[str, int]], count: int = 150
+) -> LoadResult:
+    """count requests one at a time, in turn over gRPC, REST v1 and REST v2 (to the surfaces in turn)."""
     surfaces = list(contexts)
-    for i in range(count):
-        surface = surfaces[i % 3]
-        instance = {"user_id": user_id, "k": 20, "budget": BUDGETS["saves"], "context": contexts[surface]}
-        sent = time.perf_counter()
-        try:
-            if i % 3 == 0:
-                grpc_outputs(stub.ModelInfer(grpc_request(surface, instance), timeout=10))
-            elif i % 3 == 1:
-                rest_v1(server.http, surface, [instance], session=session).raise_for_status()
-            else:
-                rest_v2(server.http, surface, instance, session=session).raise_for_status()
-        except Exception:  # counted and reported, the demo goes on
-            facts.errors += 1
-            continue
-        facts.latencies_ms.append((time.perf_counter() - sent) * 1000)
-    facts.requests_per_s = count / (time.perf_counter() - started)
-    return facts
+
+    def request(i: int) -> tuple[str, dict]:
+        surface = surfaces[i % len(surfaces)]
+        return surface, {
+            "user_id": user_id,
+            "k": 20,
+            "budget": BUDGETS["saves"],
+            "context": contexts[surface],
+        }
+
+    senders = protocol_senders(server, request)
+    return one_at_a_time(round_robin([senders["grpc"], senders["rest_v1"], senders["rest"]]), count)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.eventlog import EVENTS_FILE, EventLog
+from pinrec.model.data.eventlog import EVENTS_FILE, EventLog
 
 log = logging.getLogger(__name__)
 

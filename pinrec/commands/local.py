@@ -1,0 +1,117 @@
+"""`pinrec local install|up|down|status` (the local stack on 127.0.0.1) and `pinrec demo`: development
+tooling, imported by the handlers only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pinrec.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    local = subparsers.add_parser(
+        "local",
+        help="provision and run the local stack (Kafka, Redis, Prometheus) on 127.0.0.1",
+        description="Local services for one machine. State (PIDs, logs, data) lives in PINREC_STATE_DIR "
+        "(default PINREC_HOME/run, PINREC_HOME defaults to ./.pinrec). Set PINREC_KAFKA_BOOTSTRAP, "
+        "PINREC_REDIS_URL or PINREC_PROMETHEUS_URL to use existing services instead.",
+    )
+    actions = local.add_subparsers(dest="action", required=True)
+    install = actions.add_parser(
+        "install",
+        help="download Kafka jars, build helm/kubeconform, apt-get Redis and Prometheus (idempotent)",
+    )
+    install.add_argument(
+        "--apt", action=argparse.BooleanOptionalAction, default=True, help="the Debian packages"
+    )
+    install.add_argument(
+        "--go-tools", action=argparse.BooleanOptionalAction, default=True, help="helm and kubeconform"
+    )
+    install.set_defaults(handler=run_install)
+    up = actions.add_parser("up", help="start the services and wait until each is ready")
+    for name, what in (("redis", "Redis"), ("prometheus", "Prometheus")):
+        up.add_argument(
+            f"--{name}",
+            action=argparse.BooleanOptionalAction,
+            help=f"start {what}: --{name} fails when it is not installed (default: start it when installed)",
+        )
+    up.set_defaults(handler=run_up)
+    down = actions.add_parser("down", help="stop the services that `local up` started here")
+    down.add_argument("--purge", action="store_true", help="also delete their data and logs")
+    down.set_defaults(handler=run_down)
+    status = actions.add_parser("status", help="show which services are up and where")
+    status.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    status.set_defaults(handler=run_status)
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="the whole system end to end on embedded defaults (about 5 minutes on 2 cores)",
+        description="Starts the local stack, simulates a world, trains and finetunes the model, starts the "
+        "model server and the stream consumer, streams users' activity through Kafka, shows live "
+        "recommendations change and outcome budgets steer them, and writes a report.",
+    )
+    demo.add_argument(
+        "--out", type=Path, default=Path("demo-report"), help="report folder (default demo-report)"
+    )
+    demo.add_argument("--quick", action="store_true", help="a smaller world and shorter training (tests)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="leave the stack, server and consumer up afterwards"
+    )
+    demo.add_argument(
+        "--install",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="provision missing tools first",
+    )
+    demo.set_defaults(handler=run_demo)
+
+
+def run_install(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.localstack.provision import install_all
+
+    for tool, where in install_all(settings.local_stack, apt=args.apt, go_tools=args.go_tools).items():
+        print(f"{tool:<12} {where}")
+    return 0
+
+
+def run_up(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.localstack.stack import LocalStack
+
+    stack = LocalStack(settings.local_stack)
+    stack.up({"redis": args.redis, "prometheus": args.prometheus})
+    report = stack.status()
+    _print_status(report, as_json=False)
+    return 0 if report["kafka"]["up"] else 1
+
+
+def run_down(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.localstack.stack import LocalStack
+
+    stopped = LocalStack(settings.local_stack).down(purge=args.purge)
+    print("stopped: " + (", ".join(stopped) or "nothing was running"))
+    return 0
+
+
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.localstack.stack import LocalStack
+
+    _print_status(LocalStack(settings.local_stack).status(), as_json=args.json)
+    return 0
+
+
+def run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.demo import demo_config, run_demo
+
+    return run_demo(settings, demo_config(args))
+
+
+def _print_status(report: dict[str, dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for name, info in report.items():
+        where = info.get("bootstrap") or info.get("url") or info.get("reason", "")
+        owner = f"pid {info['pid']}" if info.get("pid") else ("external" if info["up"] else "")
+        print(f"{name:<11} {'up' if info['up'] else 'down':<5} {where}  {owner}".rstrip())
