@@ -8,8 +8,9 @@ needs a service the user did not name (so `pinrec serve` and `pinrec consume` ne
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pinrec.settings import Settings
 
@@ -82,3 +83,9 @@ def feature_store(settings: Settings) -> FeatureStoreSettings:
     )
     store.validate()
     return store
+
+
+def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
+    """A dataclass of a job's settings from the flags named after its fields (the others keep defaults)."""
+    names = [field.name for field in dataclasses.fields(config_class) if hasattr(args, field.name)]
+    return config_class(**{name: getattr(args, name) for name in names})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,17 +112,13 @@ class Settings(BaseModel):
     @property
     def local_stack(self) -> LocalStackSettings:
         home = self.home.resolve()
-        return LocalStackSettings(
-            home=home,
-            state_dir=self.state_dir.resolve() if self.state_dir else home / "run",
-            kafka_bootstrap=self.kafka_bootstrap,
-            redis_url=self.redis_url,
-            prometheus_url=self.prometheus_url,
-            kafka_port=self.kafka_port,
-            kafka_controller_port=self.kafka_controller_port,
-            redis_port=self.redis_port,
-            prometheus_port=self.prometheus_port,
-        )
+        shared = {
+            f.name: getattr(self, f.name)
+            for f in fields(LocalStackSettings)
+            if f.name in type(self).model_fields
+        }
+        shared |= {"home": home, "state_dir": self.state_dir.resolve() if self.state_dir else home / "run"}
+        return LocalStackSettings(**shared)
 
     @property
     def kafka_security(self) -> KafkaSecurity:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pinrec.options import config_from_args
 from pinrec.serving.threads import passive_openmp
 from pinrec.settings import Settings
 
@@ -19,9 +20,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--online-store", choices=["sqlite", "redis"], default="redis")
     stream.add_argument("--users", type=int, default=100_000, help="distinct users (Zipf-like activity)")
     stream.add_argument("--events", type=int, default=300_000, help="events of the throughput phase")
-    stream.add_argument("--cap", type=int, default=200, help="sequence length kept per user")
-    stream.add_argument("--rate", type=float, default=2_000, help="events/s of the freshness phase")
-    stream.add_argument("--seconds", type=float, default=30, help="duration of the freshness phase")
+    stream.add_argument(
+        "--cap", dest="sequence_cap", type=int, default=200, help="sequence length kept per user"
+    )
+    stream.add_argument(
+        "--rate", dest="steady_rate", type=float, default=2_000, help="events/s of the freshness phase"
+    )
+    stream.add_argument(
+        "--seconds", dest="steady_seconds", type=float, default=30, help="duration of the freshness phase"
+    )
     stream.add_argument("--json", type=Path, help="write the results here")
     stream.set_defaults(handler=run_bench_stream)
 
@@ -36,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--protocol", choices=["auto", "loo", "future"], default="auto")
     model.add_argument("--max-epochs", type=int, default=200)
     model.add_argument("--seed", type=int, default=0)
-    model.add_argument("--out", type=Path, default=Path("bench-model"), help="folder for training curves")
+    model.add_argument(
+        "--out", dest="out_dir", type=Path, default=Path("bench-model"), help="folder for training curves"
+    )
     model.add_argument("--json", type=Path, help="write the results here")
     model.set_defaults(handler=run_bench_model)
 
@@ -51,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--steps", type=int, default=6, help="decode steps per request")
     serve.add_argument("--k", type=int, default=100, help="items per request (the budget)")
     serve.add_argument("--rate", type=float, default=20.0, help="requests/s of the paced phases")
-    serve.add_argument("--requests", type=int, default=200, help="requests per paced phase")
+    serve.add_argument(
+        "--requests", dest="paced_requests", type=int, default=200, help="requests per paced phase"
+    )
     serve.add_argument("--json", type=Path, help="write the results here")
     serve.set_defaults(handler=run_bench_serve)
 
@@ -59,30 +70,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_bench_stream(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.bench.stream import StreamBenchConfig, run_stream_bench
 
-    config = StreamBenchConfig(
-        online_store=args.online_store,
-        users=args.users,
-        events=args.events,
-        sequence_cap=args.cap,
-        steady_rate=args.rate,
-        steady_seconds=args.seconds,
-    )
-    run_stream_bench(config, args.json, settings.local_stack)
+    run_stream_bench(config_from_args(StreamBenchConfig, args), args.json, settings.local_stack)
     return 0
 
 
 def run_bench_model(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.bench.model import ModelBenchConfig, run_model_bench
 
-    config = ModelBenchConfig(
-        dataset=args.dataset,
-        protocol=args.protocol,
-        time_budget_min=args.time_budget_min,
-        out_dir=args.out,
-        seed=args.seed,
-        max_epochs=args.max_epochs,
-    )
-    run_model_bench(config, args.json)
+    run_model_bench(config_from_args(ModelBenchConfig, args), args.json)
     return 0
 
 
@@ -90,15 +85,5 @@ def run_bench_serve(args: argparse.Namespace, settings: Settings) -> int:
     passive_openmp()  # the in-process measurement runs under the server's conditions
     from pinrec.bench.serve import ServeBenchConfig, run_serve_bench
 
-    config = ServeBenchConfig(
-        artifact=args.artifact,
-        items=args.items,
-        train_minutes=args.train_minutes,
-        history=args.history,
-        steps=args.steps,
-        k=args.k,
-        rate=args.rate,
-        paced_requests=args.requests,
-    )
-    run_serve_bench(config, args.json)
+    run_serve_bench(config_from_args(ServeBenchConfig, args), args.json)
     return 0
