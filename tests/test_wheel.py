@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from .helpers import REPO
 from .serving_helpers import small_world, train_artifacts
 
 UV = Path(sys.executable).with_name("uv")
+PARTS = ("pinrec", "stream", "featurestore", "model", "serving")  # installed as pinrec and pinrec.<part>
 
 # Lists every leaf subcommand of the installed parser, as argument lists.
 LIST_COMMANDS = """
@@ -34,6 +36,12 @@ print(json.dumps(leaves(build_parser(), [])))
 """
 
 
+def in_wheel(module: Path) -> str:
+    """Where a source module lands in the wheel: stream/x.py -> pinrec/stream/x.py, pinrec/x.py stays."""
+    parts = module.relative_to(REPO).parts
+    return "/".join(parts if parts[0] == "pinrec" else ("pinrec", *parts))
+
+
 def run(command: list[str], cwd: Path, env: dict[str, str], timeout_s: float = 600) -> str:
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout_s)
     assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}"
@@ -41,8 +49,9 @@ def run(command: list[str], cwd: Path, env: dict[str, str], timeout_s: float = 6
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A fresh virtualenv holding the wheel and its locked dependencies; its bin folder and environment."""
+def wheel_and_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """The wheel, a fresh virtualenv holding it and its locked dependencies: the wheel, the virtualenv's bin
+    folder and the environment to run it in."""
     work = tmp_path_factory.mktemp("wheel")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env |= {"PINREC_HOME": str(work / "home"), "UV": str(UV)}
@@ -52,7 +61,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     run([str(UV), "venv", "--python", sys._base_executable, str(work / "venv")], cwd=work, env=env)
     python = work / "venv" / "bin" / "python"
     run(["bash", str(REPO / "scripts" / "install-wheel.sh"), str(python), str(wheels[0])], cwd=work, env=env)
-    return work / "venv" / "bin", env
+    return wheels[0], work / "venv" / "bin", env
+
+
+@pytest.fixture(scope="module")
+def installed(wheel_and_env) -> tuple[Path, dict[str, str]]:
+    _, bin_dir, env = wheel_and_env
+    return bin_dir, env
+
+
+def test_the_wheel_holds_every_module_of_the_source_tree(wheel_and_env):
+    wheel = wheel_and_env[0]
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.endswith(".py")}
+    expected = {in_wheel(module) for part in PARTS for module in (REPO / part).rglob("*.py")}
+    assert expected <= shipped, sorted(expected - shipped)
 
 
 def test_the_wheel_runs_outside_the_source_tree(installed):
