@@ -1,30 +1,33 @@
-"""The stream consumer: the only writer of users' activity sequences in the online store.
+"""The stream consumer: keeps users' activity sequences in the online store.
 
 One loop: poll a batch, validate every message (invalid ones go to `<topic>.dlq` with the reason in a
 header), merge each user's new events into their stored sequence (one read and one write per user per
-batch), write, flush the dead letters, and only then commit the offsets. A failure anywhere before the commit
-rewinds to the batch's first offsets, so the batch is processed again; merging is idempotent, so nothing is
-lost or applied twice.
+batch), write on the condition that the stored row is still the one merged into (another writer's row is
+read and merged again), flush the dead letters, and only then commit the offsets. A failure anywhere before
+the commit rewinds to the batch's first offsets, so the batch is processed again; merging is idempotent, so
+nothing is lost or applied twice.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 
 from pinrec.featurestore.schema import UserSequence, Vocabulary
+from pinrec.stream.dead_letters import DeadLetters
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
-from pinrec.stream.merge import merge_events
+from pinrec.stream.merge import merge_events, union
 from pinrec.stream.metrics import ConsumerMetrics
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
 
@@ -42,12 +45,16 @@ class ConsumerSettings:
     max_poll_records: int = 20_000
     poll_timeout_ms: int = 100
     cache_users: int = (
-        200_000  # sequences kept in memory for the assigned partitions (we are their only writer)
+        200_000  # sequences kept in memory for the assigned partitions (a stale one only costs a conflict)
     )
     retry_initial_s: float = 0.2  # first backoff when the store or the broker fails
     retry_max_s: float = 5.0
-    stop_grace_s: float = 30.0  # after SIGTERM, how long the current batch may keep retrying
+    # After SIGTERM, how long a failing store call of the current batch is retried. A call to a hung Redis
+    # takes up to two 5 s socket timeouts: the call in flight, this grace and one last call end within the
+    # 30 s Kubernetes grants before SIGKILL.
+    stop_grace_s: float = 5.0
     lag_interval_s: float = 2.0
+    metadata_max_age_ms: int = 30_000  # partitions added to the topic are consumed within this time
     security: KafkaSecurity = PLAINTEXT  # how the clients authenticate to the brokers
 
     @property
@@ -60,7 +67,10 @@ class SequenceSink(Protocol):
 
     def read(self, user_ids: list[int]) -> dict[int, UserSequence]: ...
 
-    def write(self, sequences: list[UserSequence]) -> None: ...
+    def write_if_unchanged(self, sequences: list[UserSequence], expected: Mapping[int, int]) -> list[int]:
+        """Write each sequence only if its stored version is still expected[user_id] (0: no row); the users
+        whose row changed meanwhile (not written)."""
+        ...
 
 
 class NullSink:
@@ -69,8 +79,8 @@ class NullSink:
     def read(self, user_ids: list[int]) -> dict[int, UserSequence]:
         return {}
 
-    def write(self, sequences: list[UserSequence]) -> None:
-        return None
+    def write_if_unchanged(self, sequences: list[UserSequence], expected: Mapping[int, int]) -> list[int]:
+        return []
 
 
 class StopRequested(Exception):
@@ -118,14 +128,16 @@ class SequenceConsumer:
             max_poll_interval_ms=600_000,  # a store outage may hold one batch for minutes
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            metadata_max_age_ms=settings.metadata_max_age_ms,
             **settings.security.client_options(),
         )
         self.consumer.subscribe([settings.topic], listener=_ClearCacheOnRebalance(self.cache, metrics))
-        self.dlq = KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
-            acks="all",
-            linger_ms=5,
-            **settings.security.client_options(),
+        self.dlq = DeadLetters(
+            settings.bootstrap,
+            settings.dlq_topic,
+            limits.max_bytes,
+            metrics.dead_lettered,
+            settings.security.client_options(),
         )
         self._stop_deadline: float | None = None
         self._next_lag_check = 0.0
@@ -179,19 +191,12 @@ class SequenceConsumer:
         with timer.labels("read").time():
             stored = self._stored(list(by_user), stop)
         with timer.labels("merge").time():
-            now_us = int(self.clock() * 1_000_000)
-            changed: list[UserSequence] = []
-            applied = 0
-            for user_id, user_events in by_user.items():
-                merged, added = merge_events(
-                    stored[user_id], user_events, self.vocabulary, self.settings.sequence_cap, now_us
-                )
-                applied += added
-                if added:
-                    changed.append(merged)
+            merged = self._merge(by_user, stored)
         with timer.labels("write").time():
-            self._retry(lambda: self.sink.write(changed), "write sequences", stop)
+            self._write(by_user, stored, merged, stop)
             self._retry(self.dlq.flush, "flush dead letters", stop)
+        changed = [sequence for sequence, added in merged.values() if added]
+        applied = sum(added for _, added in merged.values())
         written_at_ms = self.clock() * 1000
         self._remember(changed)
         with timer.labels("commit").time():
@@ -221,20 +226,8 @@ class SequenceConsumer:
         return events
 
     def _dead_letter(self, partition: TopicPartition, record, error: InvalidEvent) -> None:
-        headers = [
-            ("reason", str(error).encode()),
-            ("error_code", error.code.encode()),
-            ("source_topic", partition.topic.encode()),
-            ("source_partition", str(partition.partition).encode()),
-            ("source_offset", str(record.offset).encode()),
-        ]
-        value = record.value
-        if value is not None and len(value) > self.limits.max_bytes:
-            value = value[: self.limits.max_bytes]  # keep the evidence, not the whole oversized payload
-            headers.append(("truncated", b"true"))
-        self.dlq.send(self.settings.dlq_topic, key=record.key, value=value, headers=headers)
-        self.metrics.dead_lettered.labels(error.code).inc()
-        log.debug("dead-lettered %s@%d: %s", partition, record.offset, error)
+        # Counted when delivered; the flush before the commit raises while any letter is undelivered.
+        self.dlq.send(partition, record, error)
 
     def _stored(self, user_ids: list[int], stop: threading.Event) -> dict[int, UserSequence]:
         missing = [u for u in user_ids if u not in self.cache]
@@ -246,6 +239,46 @@ class SequenceConsumer:
                 sequence = found.get(user_id, UserSequence(user_id))
             stored[user_id] = sequence
         return stored
+
+    def _merge(
+        self, by_user: dict[int, list[Event]], stored: dict[int, UserSequence]
+    ) -> dict[int, tuple[UserSequence, int]]:
+        """Each user's merged sequence and how many of the events were new to it."""
+        now_us = int(self.clock() * 1_000_000)
+        cap = self.settings.sequence_cap
+        return {
+            user_id: merge_events(stored[user_id], events, self.vocabulary, cap, now_us)
+            for user_id, events in by_user.items()
+        }
+
+    def _write(
+        self,
+        by_user: dict[int, list[Event]],
+        stored: dict[int, UserSequence],
+        merged: dict[int, tuple[UserSequence, int]],
+        stop: threading.Event,
+    ) -> None:
+        """Write every changed sequence on the condition that the stored row is still the one it was merged
+        into. A row that another writer changed meanwhile (a second consumer of the user after keyless or
+        re-partitioned traffic, a consumer that stalled past its session, a backfill) is read again and
+        merged again until no write conflicts: a write never replaces a sequence it has not seen. The entries
+        of the row merged into before are kept too (they are events seen, so nothing is lost), which puts back
+        what a store that lost its data no longer holds. `stored` and `merged` are updated in place."""
+        pending = merged
+        while True:
+            changed = [sequence for sequence, added in pending.values() if added]
+            expected = {sequence.user_id: stored[sequence.user_id].version_us for sequence in changed}
+            write = functools.partial(self.sink.write_if_unchanged, changed, expected)
+            conflicts = self._retry(write, "write sequences", stop)
+            if not conflicts:
+                return
+            self.metrics.write_conflicts.inc(len(conflicts))
+            fresh = self._retry(functools.partial(self.sink.read, conflicts), "read sequences", stop)
+            for user_id in conflicts:
+                row = fresh.get(user_id, UserSequence(user_id))
+                stored[user_id] = union(row, stored[user_id], self.settings.sequence_cap)
+            pending = self._merge({user_id: by_user[user_id] for user_id in conflicts}, stored)
+            merged.update(pending)
 
     def _remember(self, sequences: Iterable[UserSequence]) -> None:
         for sequence in sequences:

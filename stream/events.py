@@ -118,7 +118,10 @@ def parse_event(
     if len(event_id) > limits.max_event_id_chars:
         raise InvalidEvent("out_of_range", f"event_id is longer than {limits.max_event_id_chars} characters")
     user_id = _id(body, "user_id")
-    if key is not None and key != str(user_id).encode():
+    # A keyless message lands on any partition, so one user would have several writers; refuse it too.
+    if key is None:
+        raise InvalidEvent("key_mismatch", f"message key is null, not the user_id {user_id}")
+    if key != str(user_id).encode():
         raise InvalidEvent("key_mismatch", f"message key {key[:40]!r} is not the user_id {user_id}")
     item_id = _id(body, "item_id")
     action = _name(body, "action", vocabulary.actions)

@@ -48,18 +48,29 @@ def merge_events(
             ),
         )
     added = len(entries) - before
-    kept = sorted(entries.values())[-cap:]
+    # Strictly newer than the stored row even when writes come faster than the clock ticks.
+    return _sequence(stored.user_id, entries.values(), cap, max(now_us, stored.version_us + 1)), added
+
+
+def union(stored: UserSequence, known: UserSequence, cap: int) -> UserSequence:
+    """The stored row with the entries of an older view of it (a cache, an earlier read) added back, at the
+    stored version. Entries are events that were seen, so the union loses nothing, and it restores what a
+    store that lost its data (a Redis restart without persistence, a flush) no longer holds."""
+    entries = {entry[1]: entry for entry in (*_entries(known), *_entries(stored))}
+    return _sequence(stored.user_id, entries.values(), cap, stored.version_us)
+
+
+def _sequence(user_id: int, entries: Iterable[Entry], cap: int, version_us: int) -> UserSequence:
+    kept = sorted(entries)[-cap:]
     times, keys, items, actions, surfaces = (
         (tuple(column) for column in zip(*kept, strict=True)) if kept else ((),) * 5
     )
-    merged = UserSequence(
-        user_id=stored.user_id,
+    return UserSequence(
+        user_id=user_id,
         item_ids=items,
         actions=actions,
         surfaces=surfaces,
         event_times_ms=times,
         event_keys=keys,
-        # Strictly newer than the stored row even when writes come faster than the clock ticks.
-        version_us=max(now_us, stored.version_us + 1),
+        version_us=version_us,
     )
-    return merged, added

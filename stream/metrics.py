@@ -41,6 +41,11 @@ class ConsumerMetrics:
             "User sequences written to the online store",
             registry=r,
         )
+        self.write_conflicts = Counter(
+            "pinrec_consumer_write_conflicts_total",
+            "Sequence writes refused because another writer changed the row since it was read (re-merged)",
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "pinrec_consumer_events_dead_lettered_total",
             "Messages sent to the dead-letter topic",

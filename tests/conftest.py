@@ -4,6 +4,9 @@ to the pytest process so that even a killed test run leaves nothing behind; per-
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 import pytest
 import redis
 
+from pinrec.localstack.processes import die_with_parent, pick_port
 from pinrec.localstack.stack import LocalStack
 from pinrec.stream.topics import delete_topics, ensure_topics
 
@@ -70,3 +74,31 @@ def redis_keys(services: Services, unique_name: str) -> Iterator[tuple[redis.Red
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[subprocess.Popen, str]]:
+    """A redis-server of this test's own, to stop and resume; it dies with the test process."""
+    port = pick_port(0)
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=die_with_parent,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "the private redis-server did not start"
+            time.sleep(0.1)
+    client.close()
+    try:
+        yield process, url
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait()

@@ -18,7 +18,7 @@ from kafka import KafkaProducer
 
 from pinrec.featurestore.definitions import SEQUENCE_FIELDS, USER_ACTIVITY_VIEW
 from pinrec.featurestore.schema import Vocabulary, event_key
-from pinrec.featurestore.store import FeatureStoreSettings, open_store
+from pinrec.featurestore.store import FeatureStoreSettings, apply, open_store
 from pinrec.localstack.processes import die_with_parent, pick_port
 from pinrec.stream.events import Event
 
@@ -65,6 +65,21 @@ def reference_sequences(events: list[Event], cap: int = 200) -> Sequences:
         kept = sorted(user_events, key=lambda e: (e.ts_ms, event_key(e.event_id)))[-cap:]
         result[user] = (tuple(e.item_id for e in kept), tuple(e.ts_ms for e in kept))
     return result
+
+
+def applied_store_settings(
+    tmp_path: Path, services, unique_name: str, online_store: str
+) -> FeatureStoreSettings:
+    """A feature repository of this test's own, applied, on the session's Redis or a private SQLite file;
+    the Feast project (the Redis key namespace) is unique to the test."""
+    settings = FeatureStoreSettings(
+        repo_dir=tmp_path / "repo",
+        online_store=online_store,
+        redis_url=services.redis_url,
+        project="t" + unique_name.replace("-", "_").lower()[-40:],
+    )
+    apply(settings)
+    return settings
 
 
 def stored_sequences(settings: FeatureStoreSettings, users: list[int]) -> Sequences:

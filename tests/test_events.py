@@ -85,6 +85,19 @@ def test_a_key_that_is_not_the_user_id_is_refused():
     assert refused.value.code == "key_mismatch"
 
 
+def test_a_message_without_key_is_refused_as_a_key_mismatch():
+    # Keyless messages spread one user over several partitions, hence several writers of one sequence.
+    with pytest.raises(InvalidEvent, match="key is null, not the user_id 7") as refused:
+        parse(GOOD, key=None)
+    assert refused.value.code == "key_mismatch"
+
+
+def test_an_empty_key_is_refused_as_a_key_mismatch():
+    with pytest.raises(InvalidEvent, match="key b'' is not the user_id 7") as refused:
+        parse(GOOD, key=b"")
+    assert refused.value.code == "key_mismatch"
+
+
 def test_a_message_without_value_is_refused():
     with pytest.raises(InvalidEvent) as refused:
         parse_event(None, b"7", VOCABULARY, LIMITS, NOW_MS)

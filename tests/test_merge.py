@@ -7,7 +7,7 @@ import random
 
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.stream.events import Event
-from pinrec.stream.merge import merge_events
+from pinrec.stream.merge import merge_events, union
 
 VOCABULARY = Vocabulary()
 
@@ -73,3 +73,12 @@ def test_every_write_of_a_user_is_strictly_newer_even_when_the_clock_stands_stil
     assert merged.version_us == 1_001
     newer, _ = merge_events(merged, [event(2, 10)], VOCABULARY, 10, now_us=500)
     assert newer.version_us == 1_002
+
+
+def test_the_union_with_an_older_view_restores_lost_entries_at_the_stored_version():
+    known = merge_all([[event(1, 10), event(2, 20)]], cap=3)  # what a consumer merged into earlier
+    stored, _ = merge_events(UserSequence(1, version_us=50), [event(3, 30)], VOCABULARY, 3, 60)
+    restored = union(stored, known, cap=3)
+    assert restored.item_ids == (101, 102, 103) and restored.version_us == stored.version_us
+    assert union(restored, known, cap=3) == restored  # idempotent
+    assert union(stored, known, cap=2).item_ids == (102, 103)  # capped to the newest

@@ -4,20 +4,23 @@ crashes, broker and Redis restarts, consumer groups and poison messages."""
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
+from pinrec.featurestore.store import SequenceStore, apply
 from pinrec.stream.consumer import ConsumerSettings, SequenceConsumer
 from pinrec.stream.events import Event, EventLimits
 from pinrec.stream.metrics import ConsumerMetrics
 
 from .stream_helpers import (
     ConsumerProcess,
+    applied_store_settings,
     make_events,
     reference_sequences,
     send,
@@ -28,22 +31,11 @@ from .stream_helpers import (
 pytestmark = pytest.mark.integration
 
 
-def store_settings(tmp_path, services, unique_name, online_store: str) -> FeatureStoreSettings:
-    settings = FeatureStoreSettings(
-        repo_dir=tmp_path / "repo",
-        online_store=online_store,
-        redis_url=services.redis_url,
-        project="t" + unique_name.replace("-", "_").lower()[-40:],
-    )
-    apply(settings)
-    return settings
-
-
 @pytest.mark.parametrize("online_store", ["sqlite", "redis"])
 def test_kill_minus_9_mid_stream_then_restart_loses_and_duplicates_nothing(
     online_store, services, make_topic, unique_name, tmp_path
 ):
-    store = store_settings(tmp_path, services, unique_name, online_store)
+    store = applied_store_settings(tmp_path, services, unique_name, online_store)
     topic = make_topic(3)
     events = make_events(20_000, users=400, seed=1)
     send(services.kafka_bootstrap, topic, events)
@@ -59,7 +51,7 @@ def test_kill_minus_9_mid_stream_then_restart_loses_and_duplicates_nothing(
 
 
 def test_broker_restart_mid_stream_loses_nothing(services, make_topic, unique_name, tmp_path):
-    store = store_settings(tmp_path, services, unique_name, "redis")
+    store = applied_store_settings(tmp_path, services, unique_name, "redis")
     topic = make_topic(3)
     before, after = make_events(15_000, users=300, seed=2), make_events(3_000, users=300, seed=3)
     send(services.kafka_bootstrap, topic, before)
@@ -73,7 +65,7 @@ def test_broker_restart_mid_stream_loses_nothing(services, make_topic, unique_na
 
 
 def test_two_consumers_in_one_group_share_the_partitions(services, make_topic, unique_name, tmp_path):
-    store = store_settings(tmp_path, services, unique_name, "redis")
+    store = applied_store_settings(tmp_path, services, unique_name, "redis")
     topic = make_topic(4)
     events = make_events(16_000, users=500, seed=4)
     consumers = [ConsumerProcess(services.kafka_bootstrap, topic, store, topic) for _ in range(2)]
@@ -93,7 +85,7 @@ def test_two_consumers_in_one_group_share_the_partitions(services, make_topic, u
 def test_poison_messages_reach_the_dead_letter_topic_with_reasons(
     services, make_topic, unique_name, tmp_path
 ):
-    store = store_settings(tmp_path, services, unique_name, "sqlite")
+    store = applied_store_settings(tmp_path, services, unique_name, "sqlite")
     topic = make_topic(2)
     now = int(time.time() * 1000)
     good = [Event(f"g{i}", i % 5 + 1, 10 + i, "save", "home", now - i) for i in range(40)]
@@ -147,7 +139,7 @@ def test_poison_messages_reach_the_dead_letter_topic_with_reasons(
 
 
 def test_redis_down_for_seconds_mid_stream_loses_nothing(services, make_topic, unique_name, tmp_path):
-    store = store_settings(tmp_path, services, unique_name, "redis")
+    store = applied_store_settings(tmp_path, services, unique_name, "redis")
     topic = make_topic(3)
     before, during = make_events(5_000, users=300, seed=5), make_events(4_000, users=300, seed=6)
     send(services.kafka_bootstrap, topic, before)
@@ -176,7 +168,7 @@ def test_redis_down_for_seconds_mid_stream_loses_nothing(services, make_topic, u
 def test_equal_event_times_and_rapid_updates_are_all_applied_on_redis(
     services, make_topic, unique_name, tmp_path
 ):
-    store = store_settings(tmp_path, services, unique_name, "redis")
+    store = applied_store_settings(tmp_path, services, unique_name, "redis")
     topic = make_topic(1)
     same_ms = int(time.time() * 1000)
     events = [Event(f"same-{i}", 42, 500 + i, "click", "search", same_ms) for i in range(30)]
@@ -198,7 +190,7 @@ def test_equal_event_times_and_rapid_updates_are_all_applied_on_redis(
 
 
 def test_sigterm_finishes_the_batch_and_commits(services, make_topic, unique_name, tmp_path):
-    store = store_settings(tmp_path, services, unique_name, "sqlite")
+    store = applied_store_settings(tmp_path, services, unique_name, "sqlite")
     topic = make_topic(2)
     events = make_events(5_000, users=100, seed=6, redelivered=0)
     send(services.kafka_bootstrap, topic, events)
@@ -213,3 +205,28 @@ def test_sigterm_finishes_the_batch_and_commits(services, make_topic, unique_nam
     ]
     reader.close()
     assert sum(committed) == len(events)
+
+
+def test_a_hung_redis_counts_errors_and_sigterm_still_exits_within_30_s(
+    private_redis, services, make_topic, unique_name, tmp_path
+):
+    """Redis stopped (SIGSTOP: the socket stays open, nothing answers): reads and writes time out and are
+    counted as store errors, and SIGTERM ends the consumer within the README's 30 s."""
+    redis_process, url = private_redis
+    store = replace(applied_store_settings(tmp_path, services, unique_name, "redis"), redis_url=url)
+    apply(store)
+    topic = make_topic(1)
+    events = make_events(400, users=20, seed=9, redelivered=0)
+    send(services.kafka_bootstrap, topic, events[:200])
+    consumer = ConsumerProcess(services.kafka_bootstrap, topic, store, topic)
+    wait_for_sequences(store, reference_sequences(events[:200]), timeout_s=60)
+    redis_process.send_signal(signal.SIGSTOP)
+    send(services.kafka_bootstrap, topic, events[200:])
+    deadline = time.monotonic() + 60
+    while consumer.metric("pinrec_consumer_store_errors_total") < 1:
+        assert time.monotonic() < deadline, "the hung store's calls were never counted as errors"
+        time.sleep(0.5)
+    started = time.monotonic()
+    assert consumer.terminate(timeout_s=45) == 0
+    assert time.monotonic() - started <= 30
+    redis_process.send_signal(signal.SIGCONT)

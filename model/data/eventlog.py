@@ -1,5 +1,6 @@
 """The event log every training source is turned into: one Parquet file of events (EVENT_LOG_SCHEMA, the
 same contract as the Kafka events plus a session id) and, where the catalog has them, item content features.
+The date-partitioned log of the event-log sink (featurestore/event_log.py) reads into the same shape.
 
 Loaders of public datasets and the synthetic world produce an EventLog; training, evaluation and
 `pinrec produce` consume one.
@@ -16,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pinrec.featurestore.event_log import read_events
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA, Vocabulary
 
 EVENTS_FILE = "events.parquet"
@@ -90,6 +92,13 @@ class EventLog:
             pq.write_table(items, directory / ITEMS_FILE)
         (directory / META_FILE).write_text(json.dumps({"name": self.name, "info": self.info}, indent=2))
         return directory
+
+    @classmethod
+    def read_sink(cls, uri: str, name: str) -> EventLog:
+        """The log `pinrec sink` writes (date=YYYY-MM-DD/ folders of Parquet files; a path or a URI), each
+        event id once. It has no item file: the catalog comes from the events."""
+        events = read_events(uri).to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
+        return cls.from_frame(name, events, info={"source": "event-log sink", "uri": uri})
 
     @classmethod
     def read(cls, directory: Path) -> EventLog:

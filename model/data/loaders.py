@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.fs as pafs
 
+from pinrec.featurestore.event_log import is_event_log
 from pinrec.featurestore.schema import Vocabulary
 from pinrec.model.data.eventlog import EVENTS_FILE, EventLog
 
@@ -47,6 +49,7 @@ NO_GENRE = frozenset({"unknown", "(no genres listed)"})
 
 ACCEPTED_FORMATS = (
     "a folder holding events.parquet (an EventLog, e.g. from `pinrec simulate`), "
+    "an event-log folder of `pinrec sink` (date=YYYY-MM-DD/*.parquet), "
     "a MovieLens 100K u.data file or its folder, a MovieLens ratings.csv file or its folder, "
     "or an S3-Rec sequence file (one line per user: `user_id item_id item_id ...`, integers only)"
 )
@@ -180,12 +183,15 @@ def load_movielens_csv(
 def _load_folder(path: Path, vocabulary: Vocabulary) -> EventLog:
     if (path / EVENTS_FILE).exists():
         return EventLog.read(path)
+    if is_event_log(pafs.LocalFileSystem(), str(path.resolve())):
+        return EventLog.read_sink(str(path), dataset_name(path))
     if (path / UDATA_FILE).exists():
         return load_movielens_udata(path / UDATA_FILE, vocabulary)
     if (path / RATINGS_FILE).exists():
         return load_movielens_csv(path / RATINGS_FILE, vocabulary=vocabulary)
     raise ValueError(
-        f"folder {path} holds none of {EVENTS_FILE}, {UDATA_FILE}, {RATINGS_FILE}; pass {ACCEPTED_FORMATS}"
+        f"folder {path} holds none of {EVENTS_FILE}, date=YYYY-MM-DD/, {UDATA_FILE}, {RATINGS_FILE}; "
+        f"pass {ACCEPTED_FORMATS}"
     )
 
 

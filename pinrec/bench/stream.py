@@ -1,5 +1,6 @@
 """`pinrec bench stream` (protocol E): sustained consumer throughput through Feast against a floor consumer
-that reads the same topic and writes nothing, and end-to-end freshness at a steady input rate.
+that reads the same topic and writes nothing, the event-log sink's throughput into Parquet on that topic,
+and end-to-end freshness at a steady input rate.
 
 Everything runs on a private local stack (real Kafka, Redis) started for the run and stopped after it.
 The producer of the steady phase is a separate process, as a client would be.
@@ -29,6 +30,7 @@ from pinrec.stream.consumer import ConsumerSettings, NullSink, SequenceConsumer,
 from pinrec.stream.events import EventLimits
 from pinrec.stream.metrics import ConsumerMetrics
 from pinrec.stream.producer import produce
+from pinrec.stream.sink import EventLogSink, SinkMetrics, SinkSettings
 from pinrec.stream.topics import ensure_topics
 from pinrec.stream.workload import zipf_user_stream
 
@@ -92,6 +94,31 @@ def _consume_until(
     return ConsumerRun(consumed / seconds, seconds, metrics)
 
 
+def _log_until(settings: SinkSettings, expected: int) -> float:
+    """Run the event-log sink until it has written (or refused) `expected` messages; events/s, timed like
+    the consumers from its start to the file that completed the count."""
+    metrics = SinkMetrics()
+    sink = EventLogSink(settings, Vocabulary(), EventLimits(), metrics)
+    stop = threading.Event()
+    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    deadline = started + 1800
+    done = 0.0
+    while time.monotonic() < deadline and thread.is_alive():
+        done = metrics.value("pinrec_sink_events_written_total")
+        if done + metrics.value("pinrec_sink_invalid_events_total") >= expected:
+            break
+        time.sleep(0.02)
+    seconds = time.monotonic() - started
+    stop.set()
+    thread.join(timeout=60)
+    if done < expected:
+        raise RuntimeError(f"the sink logged {done:,.0f} of {expected:,} events")
+    log.info("logged %d events in %.1f s", done, seconds)
+    return done / seconds
+
+
 def run_stream_bench(config: StreamBenchConfig, json_path: Path | None, base: LocalStackSettings) -> dict:
     with tempfile.TemporaryDirectory(prefix="pinrec-bench-stream-") as tmp:
         workdir = Path(tmp)
@@ -137,6 +164,12 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
 
     log.info("floor: a consumer that validates and writes nothing")
     floor = _consume_until(settings("floor"), NullSink(), config.events, ConsumerMetrics())
+    log.info("event-log sink writing Parquet to %s", workdir / "event_log")
+    # Partitions get unequal shares of the Zipf users: a 1 s flush interval writes every partition's tail.
+    sink_settings = SinkSettings(
+        bootstrap, topic, str(workdir / "event_log"), group_id=f"sink-{run_id}", flush_seconds=1.0
+    )
+    sink_events_per_s = _log_until(sink_settings, config.events)
     log.info("consumer writing through Feast to %s", config.online_store)
     full = _consume_until(settings("full"), SequenceStore(store), config.events, ConsumerMetrics())
 
@@ -189,6 +222,7 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
         "events_per_s": round(full.events_per_s, 1),
         "floor_events_per_s": round(floor.events_per_s, 1),
         "ratio_vs_floor": round(full.events_per_s / floor.events_per_s, 4),
+        "sink_events_per_s": round(sink_events_per_s, 1),
         "freshness_p50_ms": round(float(np.quantile(freshness_ms, 0.5)), 1),
         "freshness_p99_ms": round(float(np.quantile(freshness_ms, 0.99)), 1),
         "steady_rate_events_per_s": config.steady_rate,
@@ -206,6 +240,7 @@ def _print(result: dict) -> None:
             ("events/s through Feast", result["events_per_s"]),
             ("floor events/s (no writes)", result["floor_events_per_s"]),
             ("ratio vs floor", result["ratio_vs_floor"]),
+            ("event-log sink events/s (Parquet)", result["sink_events_per_s"]),
             (
                 f"freshness p50 at {result['steady_rate_events_per_s']:.0f} ev/s (ms)",
                 result["freshness_p50_ms"],

@@ -267,6 +267,12 @@ so it never appears in the rendered manifest. */}}
 {{- if gt (int .Values.consumer.replicas) $partitions -}}
 {{- fail (printf "consumer.replicas (%d) must not exceed kafka.topics.events.partitions (%d): a consumer group never gives one partition to two members, so the extra replicas would sit idle" (int .Values.consumer.replicas) $partitions) -}}
 {{- end -}}
+{{- if and .Values.sink.enabled (gt (int .Values.sink.replicas) $partitions) -}}
+{{- fail (printf "sink.replicas (%d) must not exceed kafka.topics.events.partitions (%d)" (int .Values.sink.replicas) $partitions) -}}
+{{- end -}}
+{{- if and .Values.sink.enabled (not .Values.sink.out) -}}
+{{- fail "sink.enabled needs sink.out: an object-store URI (s3://bucket/prefix) or a path on sink.volume" -}}
+{{- end -}}
 {{- if and (not .Values.kafka.builtin.enabled) (not .Values.kafka.external.bootstrap) -}}
 {{- fail "set kafka.external.bootstrap or enable kafka.builtin" -}}
 {{- end -}}
