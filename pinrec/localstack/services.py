@@ -170,8 +170,8 @@ class RedisService(Service):
         port = ports["redis"] if ports else pick_port(self.settings.redis_port, taken_ports)
         self.dir.mkdir(parents=True, exist_ok=True)
         return LaunchPlan(
-            # No persistence: after a restart `pinrec backfill` rebuilds the online store from the event log (and
-            # consumers put back the rows they know); daemonize off so the PID is ours.
+            # No persistence: after a restart `pinrec backfill` rebuilds the online store from the event log
+            # (and consumers put back the rows they know); daemonize off so the PID is ours.
             command=[
                 "redis-server",
                 "--port",
