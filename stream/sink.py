@@ -65,6 +65,7 @@ class SinkSettings:
     poll_timeout_ms: int = 100
     retry_initial_s: float = 0.2  # first backoff after a failed write or commit
     retry_max_s: float = 5.0
+    metadata_max_age_ms: int = 30_000  # partitions added to the topic are logged within this time
     security: KafkaSecurity = PLAINTEXT
 
     def validate(self) -> None:
@@ -155,6 +156,7 @@ class EventLogSink:
             max_poll_interval_ms=600_000,  # a slow object store may hold one flush for minutes
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            metadata_max_age_ms=settings.metadata_max_age_ms,
             **settings.security.client_options(),
         )
         self.consumer.subscribe([settings.topic], listener=_Rebalance(self))

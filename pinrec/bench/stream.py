@@ -9,6 +9,7 @@ The producer of the steady phase is a separate process, as a client would be.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ class StreamBenchConfig:
     steady_rate: float = 2_000.0  # events/s of the freshness phase
     steady_seconds: float = 30.0
     max_poll_records: int = 20_000
+    faults: bool = True  # the sink's kill -9 check and the fault run (pinrec.bench.faults)
 
 
 @dataclass
@@ -131,10 +133,13 @@ def run_stream_bench(config: StreamBenchConfig, json_path: Path | None, base: Lo
             prometheus_port=0,
         )
         stack = LocalStack(stack_settings, bound_to_parent=True)
-        started = stack.up({"redis": config.online_store == "redis", "prometheus": False})
+        started = stack.up({"redis": config.online_store == "redis" or config.faults, "prometheus": False})
         try:
             status = stack.status()
-            result = _run(config, status["kafka"]["bootstrap"], status["redis"].get("url"), workdir)
+            bootstrap, redis_url = status["kafka"]["bootstrap"], status["redis"].get("url")
+            result = _run(config, bootstrap, redis_url, workdir)
+            if config.faults:
+                result |= _faults(bootstrap, redis_url, workdir)
         finally:
             stack.down(only=started)
     _print(result)
@@ -233,6 +238,19 @@ def _run(config: StreamBenchConfig, bootstrap: str, redis_url: str | None, workd
     }
 
 
+def _faults(bootstrap: str, redis_url: str, workdir: Path) -> dict:
+    from pinrec.bench.faults import FaultBenchConfig, fault_run, sink_exactly_once
+
+    env = {**os.environ, "PINREC_HOME": str(workdir / "home")}
+    config = FaultBenchConfig()
+    log.info("exactly once: kill -9 of the event-log sink mid-run, then a restart")
+    result = sink_exactly_once(bootstrap, workdir, env, config)
+    log.info(
+        "fault run: 3 consumers (one stalled), keyless and re-partitioned traffic, Redis flushed, backfill"
+    )
+    return result | fault_run(bootstrap, redis_url, workdir, env, config)
+
+
 def _print(result: dict) -> None:
     print_table(
         f"Stream benchmark (protocol E), online store {result['online_store']}",
@@ -250,5 +268,22 @@ def _print(result: dict) -> None:
                 result["freshness_p99_ms"],
             ),
             ("sequences written", result["sequences_written"]),
+            *_fault_rows(result),
         ],
     )
+
+
+def _fault_rows(result: dict) -> list[tuple[str, object]]:
+    if "fault_store_exact" not in result:
+        return []
+    return [
+        ("sink kill -9: rows in the log", result["sink_kill9_rows_in_log"]),
+        ("sink kill -9: distinct events sent", result["sink_kill9_distinct_events_sent"]),
+        ("sink kill -9: exactly once", "yes" if result["sink_kill9_exactly_once"] else "NO"),
+        ("fault run: users checked", result["fault_users_checked"]),
+        ("fault run: users equal to the expected sequence", result["fault_users_equal"]),
+        ("fault run: events expected", result["fault_events_expected"]),
+        ("fault run: events found", result["fault_events_found"]),
+        ("fault run: store exact", "yes" if result["fault_store_exact"] else "NO"),
+        ("fault run: conflicting writes re-merged", result["fault_write_conflicts"]),
+    ]

@@ -29,6 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument(
         "--seconds", dest="steady_seconds", type=float, default=30, help="duration of the freshness phase"
     )
+    stream.add_argument(
+        "--faults",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the sink's kill -9 exactly-once check and the fault run (about 3 minutes)",
+    )
     stream.add_argument("--json", type=Path, help="write the results here")
     stream.set_defaults(handler=run_bench_stream)
 
