@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 
@@ -30,6 +30,7 @@ from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
 from pinrec.stream.merge import merge_events, union
 from pinrec.stream.metrics import ConsumerMetrics
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
+from pinrec.stream.topics import group_consumer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,18 +120,7 @@ class SequenceConsumer:
         self.metrics = metrics
         self.clock = clock
         self.cache: OrderedDict[int, UserSequence] = OrderedDict()
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.max_poll_records,
-            max_poll_interval_ms=600_000,  # a store outage may hold one batch for minutes
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            metadata_max_age_ms=settings.metadata_max_age_ms,
-            **settings.security.client_options(),
-        )
+        self.consumer = group_consumer(settings)
         self.consumer.subscribe([settings.topic], listener=_ClearCacheOnRebalance(self.cache, metrics))
         self.dlq = DeadLetters(
             settings.bootstrap,

@@ -27,7 +27,7 @@ from datetime import date, timedelta
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
@@ -49,6 +49,7 @@ from pinrec.featurestore.event_log import (
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA, Vocabulary
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
+from pinrec.stream.topics import group_consumer
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +148,7 @@ class EventLogSink:
         self.open: dict[TopicPartition, _Chunk] = {}  # per partition, the chunk being filled
         self.full: list[tuple[TopicPartition, _Chunk]] = []  # chunks that reached flush_events, in order
         self.pending: set[TopicPartition] = set()  # partitions to resume before using their records
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap,
-            group_id=settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.max_poll_records,
-            max_poll_interval_ms=600_000,  # a slow object store may hold one flush for minutes
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            metadata_max_age_ms=settings.metadata_max_age_ms,
-            **settings.security.client_options(),
-        )
+        self.consumer = group_consumer(settings)
         self.consumer.subscribe([settings.topic], listener=_Rebalance(self))
 
     # --- the loop -----------------------------------------------------------------------------------

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from datetime import date
 
+from pinrec.commands.process import run_until_stopped
 from pinrec.options import add_kafka_options, add_store_options, feature_store, kafka_bootstrap
 from pinrec.settings import Settings
 
@@ -64,8 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_sink(args: argparse.Namespace, settings: Settings) -> int:
-    from prometheus_client import start_http_server
-
     from pinrec.stream.events import EventLimits
     from pinrec.stream.sink import EventLogSink, SinkMetrics, SinkSettings
     from pinrec.stream.topics import ensure_topics
@@ -82,16 +79,11 @@ def run_sink(args: argparse.Namespace, settings: Settings) -> int:
     sink_settings.validate()
     ensure_topics(sink_settings.bootstrap, {args.topic: args.partitions}, security=settings.kafka_security)
     metrics = SinkMetrics()
-    server, _ = start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.registry)
-    log.info("metrics on http://127.0.0.1:%d/metrics", server.server_port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     sink = EventLogSink(sink_settings, settings.vocabulary, EventLimits(), metrics)
     log.info("logging %s to %s as group %s", args.topic, sink_settings.out, args.group)
-    sink.run(stop, idle_exit_s=args.idle_exit)
-    server.shutdown()
-    return 0
+    return run_until_stopped(
+        metrics.registry, args.metrics_port, lambda stop: sink.run(stop, idle_exit_s=args.idle_exit)
+    )
 
 
 def run_backfill(args: argparse.Namespace, settings: Settings) -> int:

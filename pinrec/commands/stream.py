@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
+from pinrec.commands.process import run_until_stopped
 from pinrec.options import add_kafka_options, add_store_options, feature_store, kafka_bootstrap
 from pinrec.settings import Settings
 
@@ -102,8 +101,6 @@ def run_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_consume(args: argparse.Namespace, settings: Settings) -> int:
-    from prometheus_client import start_http_server
-
     from pinrec.featurestore.store import SequenceStore, open_store
     from pinrec.stream.consumer import ConsumerSettings, SequenceConsumer
     from pinrec.stream.events import EventLimits
@@ -125,15 +122,10 @@ def run_consume(args: argparse.Namespace, settings: Settings) -> int:
         security=settings.kafka_security,
     )
     metrics = ConsumerMetrics()
-    server, _ = start_http_server(args.metrics_port, addr="0.0.0.0", registry=metrics.registry)
-    log.info("metrics on http://127.0.0.1:%d/metrics", server.server_port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     consumer = SequenceConsumer(
         consumer_settings, SequenceStore(store), settings.vocabulary, EventLimits(), metrics
     )
     log.info("consuming %s as group %s", args.topic, args.group)
-    consumer.run(stop, idle_exit_s=args.idle_exit)
-    server.shutdown()
-    return 0
+    return run_until_stopped(
+        metrics.registry, args.metrics_port, lambda stop: consumer.run(stop, idle_exit_s=args.idle_exit)
+    )
