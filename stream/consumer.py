@@ -101,6 +101,7 @@ class _ClearCacheOnRebalance(ConsumerRebalanceListener):
         # Another consumer may have written these users while the partitions were elsewhere.
         self.cache.clear()
         self.metrics.assigned_partitions.set(len(assigned))
+        log.info("assigned partitions %s", sorted(partition.partition for partition in assigned))
 
 
 class SequenceConsumer:
@@ -263,6 +264,7 @@ class SequenceConsumer:
             if not conflicts:
                 return
             self.metrics.write_conflicts.inc(len(conflicts))
+            log.debug("%d writes conflicted with another writer; merging again", len(conflicts))
             fresh = self._retry(functools.partial(self.sink.read, conflicts), "read sequences", stop)
             for user_id in conflicts:
                 row = fresh.get(user_id, UserSequence(user_id))
