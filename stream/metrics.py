@@ -83,7 +83,17 @@ class ConsumerMetrics:
 
     def value(self, sample: str, **labels: str) -> float:
         """The current value of one of these series, e.g. value("pinrec_consumer_events_consumed_total")."""
-        return self.registry.get_sample_value(sample, labels) or 0.0
+        return sample_total(self.registry, sample, **labels)
+
+
+def sample_total(registry: CollectorRegistry, sample: str, **labels: str) -> float:
+    """The sum of a sample's series that carry the given labels (all of its series when none are given)."""
+    return sum(
+        found.value
+        for metric in registry.collect()
+        for found in metric.samples
+        if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 class BulkHistogram(Collector):

@@ -48,6 +48,7 @@ from pinrec.featurestore.event_log import (
 )
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA, Vocabulary
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
+from pinrec.stream.metrics import sample_total
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
 from pinrec.stream.topics import group_consumer
 
@@ -97,12 +98,7 @@ class SinkMetrics:
 
     def value(self, name: str) -> float:
         """The sum of a metric's samples over its labels, e.g. value("pinrec_sink_events_written_total")."""
-        return sum(
-            sample.value
-            for metric in self.registry.collect()
-            for sample in metric.samples
-            if sample.name == name
-        )
+        return sample_total(self.registry, name)
 
 
 @dataclass
