@@ -11,7 +11,6 @@ consumers run. Every process is a real one on the real broker and store.
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import time
@@ -22,14 +21,14 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import redis
-import requests
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewPartitions
 from kafka.structs import TopicPartition
 
+from pinrec.bench.scrape import scrape, total
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, apply
-from pinrec.localstack.processes import pick_port, spawn, wait_for_http
+from pinrec.localstack.processes import pick_port, spawn, wait_for_http, wait_until
 from pinrec.server_process import terminate
 from pinrec.stream.backfill import backfill
 from pinrec.stream.events import Event
@@ -64,10 +63,8 @@ class _Process:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def metric(self, name: str) -> float:
-        text = requests.get(self.url, timeout=5).text
-        return sum(
-            float(value) for value in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-        )
+        """The sum of a metric's series."""
+        return total(scrape(self.url).get(name, []))
 
     def stop(self) -> None:
         terminate(self.process, 30)
@@ -107,14 +104,6 @@ def _caught_up(bootstrap: str, topic: str, groups: list[str]) -> bool:
     return bool(ends)
 
 
-def _wait(condition, what: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(1)
-
-
 def sink_exactly_once(bootstrap: str, workdir: Path, env: dict[str, str], config: FaultBenchConfig) -> dict:
     """`kill -9` of the sink while it writes, a restart, then: rows in the log = distinct events sent."""
     topic = f"bench.sink-kill.{time.monotonic_ns()}"
@@ -125,13 +114,21 @@ def sink_exactly_once(bootstrap: str, workdir: Path, env: dict[str, str], config
     arguments = ["sink", "--bootstrap", bootstrap, "--topic", topic, "--out", str(out)]
     arguments += ["--group", topic, "--flush-events", "2000", "--flush-seconds", "1"]
     first = _Process(arguments, workdir, "sink-1", env)
-    _wait(lambda: first.metric("pinrec_sink_files_written_total") >= 2, "the sink's first files", 120)
+    wait_until(
+        lambda: first.metric("pinrec_sink_files_written_total") >= 2,
+        what="the sink's first files",
+        timeout_s=120,
+    )
     first.process.send_signal(signal.SIGKILL)  # mid-run: buffers and possibly a temp file are lost
     first.process.wait()
     written_before = sum(1 for _ in out.rglob("*.parquet"))
     second = _Process(arguments, workdir, "sink-2", env)
     try:
-        _wait(lambda: _caught_up(bootstrap, topic, [topic]), "the restarted sink to catch up", 300)
+        wait_until(
+            lambda: _caught_up(bootstrap, topic, [topic]),
+            what="the restarted sink to catch up",
+            timeout_s=300,
+        )
     finally:
         second.stop()
     rows = ds.dataset(out, format="parquet", partitioning="hive").to_table(columns=["event_id"])
@@ -168,15 +165,19 @@ def fault_run(
     ]
     keyed: list[Event] = []
     try:
-        _wait(
+        wait_until(
             lambda: all(c.metric("pinrec_consumer_assigned_partitions") >= 1 for c in consumers),
-            "every consumer to own a partition",
-            120,
+            what="every consumer to own a partition",
+            timeout_s=120,
         )
         first = _events(config, seed=31, count=config.events_per_phase)
         _send(bootstrap, topic, first[: len(first) // 2])
         stalled = consumers[2]
-        _wait(lambda: stalled.metric("pinrec_consumer_events_consumed_total") > 0, "consumer 3 to work", 60)
+        wait_until(
+            lambda: stalled.metric("pinrec_consumer_events_consumed_total") > 0,
+            what="consumer 3 to work",
+            timeout_s=60,
+        )
         log.info("stalling consumer 3 for %.0f s while its partition keeps receiving events", config.stall_s)
         stalled.process.send_signal(signal.SIGSTOP)
         _send(bootstrap, topic, first[len(first) // 2 :])
@@ -200,7 +201,11 @@ def fault_run(
         third = _events(config, seed=34, count=config.events_per_phase)
         _send(bootstrap, topic, third)
         keyed += third
-        _wait(lambda: _caught_up(bootstrap, topic, [sink_group, group]), "the sink and the consumers", 600)
+        wait_until(
+            lambda: _caught_up(bootstrap, topic, [sink_group, group]),
+            what="the sink and the consumers",
+            timeout_s=600,
+        )
         log.info("backfill from the event log while the consumers run")
         report = backfill(log_uri, store, Vocabulary(), config.cap, progress=False)
         conflicts = sum(c.metric("pinrec_consumer_write_conflicts_total") for c in consumers)

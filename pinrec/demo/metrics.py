@@ -9,6 +9,8 @@ from dataclasses import dataclass, replace
 import requests
 from prometheus_client.samples import Sample
 
+from pinrec.bench.scrape import scrape, total
+
 STAGES = ("features", "prefill", "decode", "search", "total")
 
 
@@ -36,17 +38,6 @@ class MetricsSummary:
     prometheus_total_p99_s: float | None = None
 
 
-def scrape(url: str) -> dict[str, list[Sample]]:
-    """The samples of a /metrics endpoint, by sample name."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, list[Sample]] = {}
-    for family in text_string_to_metric_families(requests.get(url, timeout=5).text):
-        for sample in family.samples:
-            out.setdefault(sample.name, []).append(sample)
-    return out
-
-
 def histogram_quantile(samples: list[Sample], quantile: float, **labels: str) -> float | None:
     """A quantile from cumulative `_bucket` samples (linear within the bucket, as Prometheus does)."""
     buckets: dict[float, float] = {}
@@ -72,10 +63,6 @@ def histogram_quantile(samples: list[Sample], quantile: float, **labels: str) ->
             )
         lower_bound, lower_count = bound, count
     return bounds[-2] if len(bounds) > 1 else None
-
-
-def total(samples: list[Sample], **labels: str) -> float:
-    return sum(s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def consumed_events(consumer_metrics: str) -> float:
