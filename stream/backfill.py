@@ -24,7 +24,7 @@ from tqdm import tqdm
 from pinrec.featurestore.event_log import read_events
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.stream.events import Event
-from pinrec.stream.merge import merge_events
+from pinrec.stream.writes import merge_all, write_merged
 
 if TYPE_CHECKING:
     from pinrec.stream.consumer import SequenceSink
@@ -91,20 +91,12 @@ def _backfill_users(
     clock: Callable[[], float],
 ) -> tuple[int, int]:
     """Merge and conditionally write until no write is refused; (sequences written, refusals)."""
-    pending = list(by_user)
-    written = conflicts = 0
-    while pending:
-        stored = store.read(pending)
-        now_us = int(clock() * 1_000_000)
-        changed, expected = [], {}
-        for user_id in pending:
-            before = stored.get(user_id, UserSequence(user_id))
-            merged, _ = merge_events(before, by_user[user_id], vocabulary, cap, now_us)
-            if merged.event_keys != before.event_keys:
-                changed.append(merged)
-                expected[user_id] = before.version_us
-        refused = store.write_if_unchanged(changed, expected)
-        written += len(changed) - len(refused)
-        conflicts += len(refused)
-        pending = refused
-    return written, conflicts
+    found = store.read(list(by_user))
+    stored = {user_id: found.get(user_id, UserSequence(user_id)) for user_id in by_user}
+
+    def now_us() -> int:
+        return int(clock() * 1_000_000)
+
+    merged = merge_all(by_user, stored, vocabulary, cap, now_us())
+    written = write_merged(store, by_user, stored, merged, vocabulary, cap, now_us)
+    return len(written.sequences), written.conflicts

@@ -10,7 +10,6 @@ nothing is lost or applied twice.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -27,10 +26,10 @@ from kafka.errors import CommitFailedError, KafkaError
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.stream.dead_letters import DeadLetters
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
-from pinrec.stream.merge import merge_events, union
 from pinrec.stream.metrics import ConsumerMetrics
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
 from pinrec.stream.topics import group_consumer
+from pinrec.stream.writes import merge_all, write_merged
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -181,13 +180,24 @@ class SequenceConsumer:
 
         with timer.labels("read").time():
             stored = self._stored(list(by_user), stop)
+        cap, now_us = self.settings.sequence_cap, lambda: int(self.clock() * 1_000_000)
         with timer.labels("merge").time():
-            merged = self._merge(by_user, stored)
+            merged = merge_all(by_user, stored, self.vocabulary, cap, now_us())
         with timer.labels("write").time():
-            self._write(by_user, stored, merged, stop)
+            # A conflicting write is read and merged again here.
+            written = write_merged(
+                self.sink,
+                by_user,
+                stored,
+                merged,
+                self.vocabulary,
+                cap,
+                now_us,
+                lambda action: self._retry(action, "read or write sequences", stop),
+            )
             self._retry(self.dlq.flush, "flush dead letters", stop)
-        changed = [sequence for sequence, added in merged.values() if added]
-        applied = sum(added for _, added in merged.values())
+        changed, applied = written.sequences, written.applied
+        self.metrics.write_conflicts.inc(written.conflicts)
         written_at_ms = self.clock() * 1000
         self._remember(changed)
         with timer.labels("commit").time():
@@ -230,47 +240,6 @@ class SequenceConsumer:
                 sequence = found.get(user_id, UserSequence(user_id))
             stored[user_id] = sequence
         return stored
-
-    def _merge(
-        self, by_user: dict[int, list[Event]], stored: dict[int, UserSequence]
-    ) -> dict[int, tuple[UserSequence, int]]:
-        """Each user's merged sequence and how many of the events were new to it."""
-        now_us = int(self.clock() * 1_000_000)
-        cap = self.settings.sequence_cap
-        return {
-            user_id: merge_events(stored[user_id], events, self.vocabulary, cap, now_us)
-            for user_id, events in by_user.items()
-        }
-
-    def _write(
-        self,
-        by_user: dict[int, list[Event]],
-        stored: dict[int, UserSequence],
-        merged: dict[int, tuple[UserSequence, int]],
-        stop: threading.Event,
-    ) -> None:
-        """Write every changed sequence on the condition that the stored row is still the one it was merged
-        into. A row that another writer changed meanwhile (a second consumer of the user after keyless or
-        re-partitioned traffic, a consumer that stalled past its session, a backfill) is read again and
-        merged again until no write conflicts: a write never replaces a sequence it has not seen. The entries
-        of the row merged into before are kept too (they are events seen, so nothing is lost), which puts back
-        what a store that lost its data no longer holds. `stored` and `merged` are updated in place."""
-        pending = merged
-        while True:
-            changed = [sequence for sequence, added in pending.values() if added]
-            expected = {sequence.user_id: stored[sequence.user_id].version_us for sequence in changed}
-            write = functools.partial(self.sink.write_if_unchanged, changed, expected)
-            conflicts = self._retry(write, "write sequences", stop)
-            if not conflicts:
-                return
-            self.metrics.write_conflicts.inc(len(conflicts))
-            log.debug("%d writes conflicted with another writer; merging again", len(conflicts))
-            fresh = self._retry(functools.partial(self.sink.read, conflicts), "read sequences", stop)
-            for user_id in conflicts:
-                row = fresh.get(user_id, UserSequence(user_id))
-                stored[user_id] = union(row, stored[user_id], self.settings.sequence_cap)
-            pending = self._merge({user_id: by_user[user_id] for user_id in conflicts}, stored)
-            merged.update(pending)
 
     def _remember(self, sequences: Iterable[UserSequence]) -> None:
         for sequence in sequences:
