@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -59,6 +60,26 @@ class ConsumerRun:
     metrics: ConsumerMetrics
 
 
+def _run_timed(
+    run: Callable[[threading.Event], None],
+    finished: Callable[[], bool],
+    failed: Callable[[], bool] = lambda: False,
+) -> float:
+    """Run a worker (run(stop)) on a thread until finished() or failed() holds; the seconds from its start
+    (group join included, which only makes the figure conservative) to the batch that finished it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run, args=(stop,), daemon=True)
+    started = time.monotonic()
+    thread.start()
+    deadline = started + 1800
+    while time.monotonic() < deadline and thread.is_alive() and not finished() and not failed():
+        time.sleep(0.02)
+    seconds = time.monotonic() - started
+    stop.set()
+    thread.join(timeout=60)
+    return seconds
+
+
 def _consume_until(
     settings: ConsumerSettings,
     sink: SequenceSink,
@@ -67,58 +88,40 @@ def _consume_until(
     feeder: subprocess.Popen | None = None,
     feeder_log: Path | None = None,
 ) -> ConsumerRun:
-    """Run a consumer until it has read `expected` messages; timed from its start (group join included,
-    which only makes the figure conservative) to the batch that completed the count."""
+    """Run a consumer until it has read `expected` messages."""
     consumer = SequenceConsumer(settings, sink, Vocabulary(), EventLimits(), metrics)
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
-    started = time.monotonic()
-    thread.start()
-    deadline = started + 1800
-    while (
-        time.monotonic() < deadline
-        and thread.is_alive()
-        and metrics.value("pinrec_consumer_events_consumed_total") < expected
-    ):
-        if feeder is not None and feeder.poll() not in (None, 0):
-            break
-        time.sleep(0.02)
-    seconds = time.monotonic() - started
-    stop.set()
-    thread.join(timeout=60)
-    if feeder is not None and feeder.poll() not in (None, 0):
+
+    def feeder_failed() -> bool:
+        return feeder is not None and feeder.poll() not in (None, 0)
+
+    def consumed() -> float:
+        return metrics.value("pinrec_consumer_events_consumed_total")
+
+    seconds = _run_timed(consumer.run, lambda: consumed() >= expected, feeder_failed)
+    if feeder_failed():
         tail = feeder_log.read_text(errors="replace")[-2000:] if feeder_log else ""
         raise RuntimeError(f"the producer process failed (exit {feeder.returncode}):\n{tail}")
-    consumed = metrics.value("pinrec_consumer_events_consumed_total")
-    if consumed < expected:
-        raise RuntimeError(f"consumer read {consumed:,} of {expected:,} messages")
-    log.info("read %d messages in %.1f s", consumed, seconds)
-    return ConsumerRun(consumed / seconds, seconds, metrics)
+    if consumed() < expected:
+        raise RuntimeError(f"consumer read {consumed():,} of {expected:,} messages")
+    log.info("read %d messages in %.1f s", consumed(), seconds)
+    return ConsumerRun(consumed() / seconds, seconds, metrics)
 
 
 def _log_until(settings: SinkSettings, expected: int) -> float:
-    """Run the event-log sink until it has written (or refused) `expected` messages; events/s, timed like
-    the consumers from its start to the file that completed the count."""
+    """Run the event-log sink until it has written (or refused) `expected` messages; events/s."""
     metrics = SinkMetrics()
     sink = EventLogSink(settings, Vocabulary(), EventLimits(), metrics)
-    stop = threading.Event()
-    thread = threading.Thread(target=sink.run, args=(stop,), daemon=True)
-    started = time.monotonic()
-    thread.start()
-    deadline = started + 1800
-    done = 0.0
-    while time.monotonic() < deadline and thread.is_alive():
-        done = metrics.value("pinrec_sink_events_written_total")
-        if done + metrics.value("pinrec_sink_invalid_events_total") >= expected:
-            break
-        time.sleep(0.02)
-    seconds = time.monotonic() - started
-    stop.set()
-    thread.join(timeout=60)
-    if done < expected:
-        raise RuntimeError(f"the sink logged {done:,.0f} of {expected:,} events")
-    log.info("logged %d events in %.1f s", done, seconds)
-    return done / seconds
+
+    def logged() -> float:
+        return metrics.value("pinrec_sink_events_written_total")
+
+    seconds = _run_timed(
+        sink.run, lambda: logged() + metrics.value("pinrec_sink_invalid_events_total") >= expected
+    )
+    if logged() < expected:
+        raise RuntimeError(f"the sink logged {logged():,.0f} of {expected:,} events")
+    log.info("logged %d events in %.1f s", logged(), seconds)
+    return logged() / seconds
 
 
 def run_stream_bench(config: StreamBenchConfig, json_path: Path | None, base: LocalStackSettings) -> dict:
