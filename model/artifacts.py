@@ -37,7 +37,7 @@ from pinrec.model.index import IndexSettings, ItemIndex, build_index
 from pinrec.model.network import PinRecModel
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items enter as scaled unit vectors, outcome table has an 'any outcome' row
 
 
 @dataclass
@@ -165,6 +165,11 @@ def load_artifact(path: Path) -> Artifact:
             f"{path} is not a model artifact (no {MANIFEST}); train one with `pinrec train`"
         )
     manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is a format {manifest.get('format')} artifact; this version of pinrec reads format "
+            f"{FORMAT_VERSION}: retrain it with `pinrec train`"
+        )
     config = ModelConfig.from_dict(manifest["config"])
     state = load_file(path / "backbone.safetensors")
     content = state.get("items.content")

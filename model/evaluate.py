@@ -1,5 +1,6 @@
 """Protocol A (leave-one-out, full ranking): one next-item query per user, searched in the faiss index over
-every item embedding, items already in the user's history masked; HR@k and NDCG@k."""
+every item embedding, items already in the user's history masked; HR@k and NDCG@k. Validation during
+training scores the same way with a matrix multiply over every item (no index to build every epoch)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ def leave_one_out_metrics(
             hit = np.flatnonzero(kept == histories.items[targets[i]])
             if len(hit):
                 ranks[first + i] = hit[0]
+    return _cutoff_metrics(ranks)
+
+
+def _cutoff_metrics(ranks: np.ndarray) -> dict[str, float]:
+    """HR@k and NDCG@k from 0-based ranks of single targets."""
     metrics = {}
     for k in CUTOFFS:
         inside = ranks < k
@@ -72,3 +78,31 @@ def leave_one_out_metrics(
         gains = np.where(inside, 1.0 / np.log2(np.minimum(ranks, k) + 2.0), 0.0)
         metrics[f"ndcg@{k}"] = float(gains.mean()) if len(ranks) else 0.0
     return metrics
+
+
+@torch.no_grad()
+def exact_metrics(
+    queries: np.ndarray, items: torch.Tensor, histories: Histories, examples: Examples, chunk: int = 1024
+) -> dict[str, float]:
+    """leave_one_out_metrics by brute force: queries (N, C) scored against every item vector (V, C) of
+    items 1..V, items of the user's history before the target masked; a target's rank is the number of
+    unmasked items scoring higher (a target the user saw before is a miss, as in the faiss path)."""
+    if len(examples.targets) != len(examples):
+        raise ValueError("leave-one-out metrics need exactly one target per case")
+    ranks = []
+    for first in range(0, len(examples), chunk):
+        part = slice(first, first + chunk)
+        rows, ends, targets = examples.rows[part], examples.ends[part], examples.targets[part]
+        scores = torch.from_numpy(queries[part]) @ items.T  # (B, V)
+        starts = histories.offsets[rows]
+        lengths = ends - starts
+        seen_rows = np.repeat(np.arange(len(rows)), lengths)
+        seen_at = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)] or [[]])
+        target_items = torch.from_numpy(histories.items[targets] - 1)
+        target_scores = scores.gather(1, target_items[:, None])
+        scores[seen_rows, histories.items[seen_at.astype(np.int64)] - 1] = -torch.inf
+        rank = (scores > target_scores).sum(dim=1)
+        masked = scores.gather(1, target_items[:, None])[:, 0] == -torch.inf  # a target seen before: a miss
+        ranks.append(torch.where(masked, items.shape[0], rank).numpy())
+    ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    return _cutoff_metrics(ranks)

@@ -1,8 +1,10 @@
 """Per-surface finetuning (method §6): a new head for one surface, trained on that surface's sessions. The
 history is the user's positive actions before the session; the session's engaged items are the positives
 (conditioned on their outcome); the items it showed but the user did not engage with are hard negatives.
-The backbone and item tower are frozen by default, so their outputs are computed once and only the head
-trains (seconds, not minutes)."""
+A session with a context (a search query, a related subject) is trained on the hidden state the server
+computes for its request: the history, then the context token (`prefill_request`). The backbone and item
+tower are frozen by default, so their outputs are computed once and only the head trains (seconds, not
+minutes)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pinrec.model.data.contexts import QueryItems, context_vectors, event_contexts, search_query_items
 from pinrec.model.data.eventlog import positive_mask
 from pinrec.model.data.prepare import PreparedData
-from pinrec.model.data.sequences import recent_histories
+from pinrec.model.data.sequences import positives_before, recent_histories
+from pinrec.model.generate import in_groups, prefill_request
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
 from pinrec.model.train import TrainConfig, TrainResult, fit
@@ -37,6 +41,9 @@ class SurfaceSessions:
     sessions: np.ndarray  # session ids (validation splits by session)
     gaps_ms: np.ndarray  # time from the last history action to the engagement
     first: np.ndarray  # bool: the session's first engagement (the "next" action after the history)
+    starts_ms: np.ndarray  # the session's start: the time of its request (and of its context token)
+    subjects: np.ndarray  # the session's subject item index (related; 0: none)
+    query_ids: np.ndarray  # the session's search query id (NO_QUERY: none)
 
 
 def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> SurfaceSessions:
@@ -62,14 +69,8 @@ def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> Sur
     histories = data.histories
     rows = np.searchsorted(histories.user_ids, engaged["user_id"].to_numpy(dtype=np.int64))
     starts = session_start.loc[engaged_sessions].to_numpy(dtype=np.int64)
-    ends = np.array(
-        [
-            histories.offsets[row]
-            + np.searchsorted(histories.times[histories.offsets[row] : histories.offsets[row + 1]], start)
-            for row, start in zip(rows, starts, strict=True)
-        ],
-        dtype=np.int64,
-    )
+    ends = positives_before(histories, rows, starts)
+    subjects, query_ids = event_contexts(engaged, data.catalog)
     hard = np.zeros((len(engaged), MAX_HARD_NEGATIVES), dtype=np.int64)
     for n, session in enumerate(engaged_sessions):
         negatives = sorted(shown.get(session, set()) - engaged_by_session[session])[:MAX_HARD_NEGATIVES]
@@ -88,6 +89,9 @@ def surface_sessions(data: PreparedData, surface: int, users: np.ndarray) -> Sur
         engaged_sessions[keep],
         gaps[keep],
         first[keep],
+        starts[keep],
+        subjects[keep],
+        query_ids[keep],
     )
 
 
@@ -108,28 +112,66 @@ def draw_offsets(allowed: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     return torch.from_numpy(scores.argmax(axis=1))
 
 
-@torch.no_grad()
-def _hidden_states(model: PinRecModel, data: PreparedData, sessions: SurfaceSessions, chunk: int = 1024):
-    out = torch.zeros(len(sessions.rows), model.config.dim)
-    order = np.argsort(sessions.ends - data.histories.offsets[sessions.rows], kind="stable")
-    for first in range(0, len(order), chunk):
-        part = order[first : first + chunk]
-        inputs = recent_histories(
-            data.histories, sessions.rows[part], sessions.ends[part], model.config.max_len
-        )
-        hidden, _ = model.encode(**inputs.to_dict())
-        out[torch.from_numpy(part)] = hidden[:, -1]
-    return out
+@dataclass
+class _Backbone:
+    """What a head trains on for each engagement: the hidden state the server computes for its session's
+    request (history, then the context token if the session has one, with the engagement's outcome as the
+    feedback action), from an item table (V + 1, C) that also gives the context vectors."""
+
+    model: PinRecModel
+    data: PreparedData
+    sessions: SurfaceSessions
+    surface: int
+    query_items: QueryItems
+
+    def hidden_states(self, picked: np.ndarray, table: torch.Tensor) -> torch.Tensor:
+        """(len(picked), C) for these engagements, grouped by (has context, outcome) for the prefill."""
+        sessions = self.sessions
+        contexts, present = context_vectors(
+            table, sessions.subjects[picked], sessions.query_ids[picked], self.query_items
+        )  # (N, C), (N,)
+        present = present.numpy()
+        outcomes = sessions.outcomes[picked]
+
+        def group(rows: np.ndarray) -> torch.Tensor:
+            at = picked[rows]
+            inputs = recent_histories(
+                self.data.histories, sessions.rows[at], sessions.ends[at], self.model.config.max_len
+            )
+            last, _ = prefill_request(
+                self.model,
+                inputs,
+                torch.from_numpy(sessions.starts_ms[at]),
+                int(outcomes[rows[0]]),
+                self.surface,
+                decode_steps=0,
+                context=contexts[rows] if present[rows[0]] else None,
+                item_table=table,
+            )
+            return last  # (n, C)
+
+        return in_groups(outcomes * 2 + present, group)  # one group per (outcome, has context)
 
 
-class _FrozenBackbone:
+@dataclass
+class _FrozenBackbone(_Backbone):
     """Hidden states and item vectors computed once: only the head trains."""
 
-    def __init__(self, model: PinRecModel, data: PreparedData, sessions: SurfaceSessions) -> None:
-        model.eval()
-        self.hidden = _hidden_states(model, data, sessions)
+    def __post_init__(self) -> None:
+        self.model.eval()
         with torch.no_grad():
-            self.table = torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])
+            self.table = torch.cat([torch.zeros(1, self.model.config.dim), self.model.items.all_items()])
+            self.hidden = self._all_hidden_states()
+
+    def _all_hidden_states(self, chunk: int = 1024) -> torch.Tensor:
+        """Every engagement's hidden state, in chunks of similar history lengths (little padding)."""
+        sessions = self.sessions
+        out = torch.zeros(len(sessions.rows), self.model.config.dim)
+        order = np.argsort(sessions.ends - self.data.histories.offsets[sessions.rows], kind="stable")
+        for first in range(0, len(order), chunk):
+            part = order[first : first + chunk]
+            out[torch.from_numpy(part)] = self.hidden_states(part, self.table)
+        return out
 
     def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
         return self.hidden[rows]
@@ -141,22 +183,17 @@ class _FrozenBackbone:
         return self.table[1:]
 
 
-class _TrainedBackbone:
-    """Backbone and item tower train with the head (--unfreeze-backbone): recomputed every batch."""
+@dataclass
+class _TrainedBackbone(_Backbone):
+    """Backbone and item tower train with the head (--unfreeze-backbone): recomputed every batch, the item
+    table included (the context vectors come from it)."""
 
-    def __init__(self, model: PinRecModel, data: PreparedData, sessions: SurfaceSessions) -> None:
-        self.model, self.data, self.sessions = model, data, sessions
-        self.items = model.items
+    def __post_init__(self) -> None:
+        self.items = self.model.items
 
     def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
-        picked = rows.numpy()
-        inputs = recent_histories(
-            self.data.histories,
-            self.sessions.rows[picked],
-            self.sessions.ends[picked],
-            self.model.config.max_len,
-        )
-        return self.model.encode(**inputs.to_dict())[0][:, -1]
+        table = torch.cat([torch.zeros(1, self.model.config.dim), self.all_items()])
+        return self.hidden_states(rows.numpy(), table)
 
     def all_items(self) -> torch.Tensor:
         return self.model.items.all_items()
@@ -175,12 +212,17 @@ def finetune_surface(
 ) -> TrainResult:
     """Add (or replace) the head named after the surface and train it, with the backbone frozen by default."""
     name = data.vocabulary.surfaces[surface]
+    if not model.config.query_mlp:
+        raise ValueError(f"a {model.config.variant} model has no head to finetune (q = normalize(h))")
     sessions = surface_sessions(data, surface, users)
     if len(sessions.rows) < 10:
         raise ValueError(
             f"surface {name!r} has {len(sessions.rows)} engaged items in sessions; too few to finetune"
         )
-    backbone = (_FrozenBackbone if freeze_backbone else _TrainedBackbone)(model, data, sessions)
+    query_items = search_query_items(data.log, data.catalog, data.vocabulary)
+    backbone = (_FrozenBackbone if freeze_backbone else _TrainedBackbone)(
+        model, data, sessions, surface, query_items
+    )
     head = model.add_head(name)
     rng = np.random.default_rng(train_config.seed)
     unique_sessions = np.unique(sessions.sessions)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import HistoryBatch, recent_histories
 from pinrec.model.index import ItemIndex
-from pinrec.model.network import PinRecModel
+from pinrec.model.network import Decoding, PinRecModel
 
 
 @dataclass(frozen=True)
@@ -64,17 +65,9 @@ def generate_queries(
 
     # The context token (if any) and the fed-back queries are appended with the feedback outcome as their
     # action and the request's surface.
-    last, state = model.prefill(
-        **history.to_dict(),
-        now_ms=now_ms,
-        action=outcomes[0],
-        surface=surface,
-        appended=steps - 1 + (0 if context is None else 1),
-        use_cache=use_cache,
-        item_table=item_table,
+    last, state = prefill_request(
+        model, history, now_ms, outcomes[0], surface, steps - 1, context, use_cache, item_table
     )  # (B, C)
-    if context is not None:
-        last, state = model.step(context, state)
     if timings is not None:
         timings["prefill"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -94,6 +87,45 @@ def generate_queries(
     if timings is not None:
         timings["decode"] = time.perf_counter() - started
     return torch.stack(queries, dim=1)  # (B, steps, O, K, C)
+
+
+def prefill_request(
+    model: PinRecModel,
+    history: HistoryBatch,  # (B, T) left-padded
+    now_ms: torch.Tensor,  # (B,) request times
+    action: int,  # the action of the appended tokens: the request's feedback outcome
+    surface: int,  # the request's surface
+    decode_steps: int,  # tokens decoding will append after the context
+    context: torch.Tensor | None = None,  # (B, C) the request's context vectors
+    use_cache: bool = True,
+    item_table: torch.Tensor | None = None,  # (V + 1, C)
+) -> tuple[torch.Tensor, Decoding]:
+    """The last hidden state (B, C) a request's queries start from and the state decoding appends to: the
+    history prefilled, then the context token (if any) at the request time. Finetuning trains a surface head
+    on this same hidden state."""
+    last, state = model.prefill(
+        **history.to_dict(),
+        now_ms=now_ms,
+        action=action,
+        surface=surface,
+        appended=decode_steps + (0 if context is None else 1),
+        use_cache=use_cache,
+        item_table=item_table,
+    )  # (B, C)
+    if context is not None:
+        last, state = model.step(context, state)
+    return last, state
+
+
+def in_groups(keys: np.ndarray, compute: Callable[[np.ndarray], torch.Tensor]) -> torch.Tensor:
+    """compute(rows) for the rows (N,) of each distinct key, put back in row order. A prefill takes one
+    action and one context-or-none for its whole batch, so requests that differ in them are grouped."""
+    parts, order = [], []
+    for key in np.unique(keys):
+        rows = np.flatnonzero(keys == key)
+        parts.append(compute(rows))
+        order.append(rows)
+    return torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(order)))]
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""Sampled softmax with in-batch and random negatives, logQ correction and temperature (method §4).
+"""The retrieval losses (method §4): softmax over cosine scores with a temperature, either over the whole
+catalog (cheap up to some 10^5 items on CPU; what the published leaders on the public datasets train with)
+or sampled: in-batch and random negatives with logQ correction.
 
 Candidates of a batch: every distinct target item of the batch plus `random_negatives` items drawn uniformly.
 Q(c), the chance that item c is among the candidates, is the chance that it is one of the batch's n targets
@@ -29,6 +31,7 @@ def sampled_softmax_loss(
     temperature: float,
     generator: torch.Generator | None = None,
     hard_negatives: torch.Tensor | None = None,  # (N, H) item indices, 0 = none
+    weights: torch.Tensor | None = None,  # (N,) per-prediction loss weights (default: all 1)
 ) -> torch.Tensor:
     num_items = len(log_frequency) - 1
     in_batch = torch.unique(targets)  # sorted
@@ -48,4 +51,22 @@ def sampled_softmax_loss(
         hard = (queries[:, None, :] * item_vectors(hard_negatives)).sum(-1) / temperature  # (N, H)
         hard = hard.masked_fill((hard_negatives == 0) | (hard_negatives == targets[:, None]), float("-inf"))
         logits = torch.cat([logits, hard], dim=1)
-    return F.cross_entropy(logits, labels)
+    return _weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
+
+
+def full_softmax_loss(
+    queries: torch.Tensor,  # (N, C) L2-normalised
+    targets: torch.Tensor,  # (N,) item indices >= 1
+    all_items: torch.Tensor,  # (V, C) L2-normalised vectors of items 1..V
+    temperature: float,
+    weights: torch.Tensor | None = None,  # (N,)
+) -> torch.Tensor:
+    """Cross-entropy of each target against every item of the catalog."""
+    logits = queries @ all_items.T / temperature  # (N, V)
+    return _weighted_mean(F.cross_entropy(logits, targets - 1, reduction="none"), weights)
+
+
+def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return losses.mean()
+    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)

@@ -4,6 +4,7 @@ outcome and surface. The SASRec baseline runs through the same function with Pin
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +13,28 @@ import torch
 from pinrec.model.config import ModelConfig
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import Examples, Histories, TrainingBatch, training_batches
-from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
-from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
+from pinrec.model.evaluate import exact_metrics, next_queries
+from pinrec.model.loss import full_softmax_loss, item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
 from pinrec.model.train import TrainConfig, TrainResult, fit
 
-VALIDATION_CASES = 8_000
-BATCH_TOKENS = 4_096  # tokens per training batch: long histories get fewer users per batch (ours)
+BATCH_TOKENS = 6_400  # tokens per training batch: long histories get fewer users per batch (ours)
+MAX_BATCH_USERS = 128
 
 
 def users_per_batch(histories: Histories, train_ends: np.ndarray, max_len: int) -> int:
     lengths = np.minimum(train_ends - histories.offsets[:-1], max_len + 1)
     typical = float(lengths[lengths >= 2].mean()) if (lengths >= 2).any() else 1.0
-    return int(np.clip(BATCH_TOKENS // typical, 16, 256))
+    return int(np.clip(BATCH_TOKENS // typical, 16, MAX_BATCH_USERS))
+
+
+def training_counts(histories: Histories, train_ends: np.ndarray, num_items: int) -> np.ndarray:
+    """Positive actions per item index 0..V within the training ranges only: validation and test targets
+    must not leak their popularity into training (the logQ correction)."""
+    starts = histories.offsets[:-1]
+    user = np.repeat(np.arange(len(starts)), histories.lengths)
+    inside = np.arange(len(histories.items)) < train_ends[user]
+    return np.bincount(histories.items[inside], minlength=num_items + 1).astype(np.int64)
 
 
 def new_model(config: ModelConfig, data: PreparedData, seed: int = 0) -> PinRecModel:
@@ -57,15 +67,14 @@ def pretrain(
 ) -> TrainResult:
     config = model.config
     valid = valid.first_targets()  # early stopping watches the next item, whatever the protocol
-    if len(valid) > VALIDATION_CASES:  # enough for early stopping, a few seconds per epoch
-        valid = valid.subset(
-            np.sort(
-                np.random.default_rng(train_config.seed).choice(len(valid), VALIDATION_CASES, replace=False)
-            )
-        )
-    log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts))
+    counts = training_counts(data.histories, train_ends, data.catalog.size)
+    log_frequency = item_log_frequency(torch.from_numpy(counts))
     generator = torch.Generator().manual_seed(train_config.seed)
     batch_users = batch_users or users_per_batch(data.histories, train_ends, config.max_len)
+    trained_users = int((train_ends - data.histories.offsets[:-1] >= 2).sum())
+    steps_per_epoch = max(1, -(-trained_users // batch_users))
+    # Warm up for at most one epoch (a fixed step count is many epochs on a small dataset).
+    train_config = replace(train_config, warmup_steps=min(train_config.warmup_steps, steps_per_epoch))
 
     def batches(epoch: int):
         rng = np.random.default_rng([train_config.seed, epoch])
@@ -82,20 +91,27 @@ def pretrain(
     def step_loss(batch: TrainingBatch) -> torch.Tensor:
         hidden, _ = model.encode(**batch.inputs.to_dict())  # (B, T, C)
         b, t, k = (batch.targets > 0).nonzero(as_tuple=True)  # one prediction per (row, position, offset)
-        queries = model.query(hidden[b, t], batch.target_actions[b, t, k], batch.target_surfaces[b, t, k], k)
+        outcomes = batch.target_actions[b, t, k]
+        hidden_outcome = torch.rand(len(outcomes), generator=generator) < config.any_outcome_share
+        outcomes = torch.where(hidden_outcome, config.any_outcome, outcomes)
+        queries = model.query(hidden[b, t], outcomes, batch.target_surfaces[b, t, k], k)
+        targets = batch.targets[b, t, k]
+        weights = torch.where(k == 0, 1.0, config.window_weight)
+        if config.loss == "full":
+            return full_softmax_loss(queries, targets, model.items.all_items(), config.temperature, weights)
         return sampled_softmax_loss(
             queries,
-            batch.targets[b, t, k],
+            targets,
             model.items,
             log_frequency,
             config.random_negatives,
             config.temperature,
             generator,
+            weights=weights,
         )
 
     def validate() -> float:
-        index = item_index(model)
-        queries = next_queries(model, data.histories, valid, data.primary_outcome, data.primary_surface)
-        return leave_one_out_metrics(index, queries, data.histories, valid)["ndcg@10"]
+        queries = next_queries(model, data.histories, valid, config.any_outcome, data.primary_surface)
+        return exact_metrics(queries, model.items.all_items(), data.histories, valid)["ndcg@10"]
 
     return fit(model, model.parameters(), batches, step_loss, validate, train_config, checkpoint, name)

@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100  # linear warmup, then constant
     max_epochs: int = 200
-    patience: int = 5  # epochs without a better validation metric before stopping
+    patience: int = 10  # epochs without a better validation metric before stopping
     time_budget_s: float | None = None  # stop (keeping the best weights) once training took this long
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = one per available CPU

@@ -17,6 +17,7 @@ import torch
 
 from pinrec.featurestore.schema import UserSequence
 from pinrec.model.artifacts import Artifact, load_artifact
+from pinrec.model.data.contexts import context_vectors
 from pinrec.model.data.sequences import HistoryBatch, item_indices
 from pinrec.model.generate import generate_queries, plan_queries, retrieve
 from pinrec.serving.request import Limits, RawHistory, RecommendRequest
@@ -98,14 +99,21 @@ class LoadedModel:
         )
 
     def context_vector(self, request: RecommendRequest) -> torch.Tensor | None:
+        """The request's context token (C,): its subject item's vector when it names one (None when the
+        artifact does not know that item), else its search query's vector (None when no items define it)."""
         if request.subject_item_id is not None:
-            index = int(self.index_of(np.array([request.subject_item_id]))[0])
-            return self.item_vectors[index] if index else None
-        if request.query_id is not None:
-            items = self.artifact.query_items.items_of(request.query_id)
-            if len(items):
-                return torch.nn.functional.normalize(self.item_vectors[items].mean(dim=0), dim=0)
-        return None
+            vectors, present = context_vectors(
+                self.item_vectors, subjects=self.index_of(np.array([request.subject_item_id]))
+            )
+        elif request.query_id is not None:
+            vectors, present = context_vectors(
+                self.item_vectors,
+                query_ids=np.array([request.query_id]),
+                query_items=self.artifact.query_items,
+            )
+        else:
+            return None
+        return vectors[0] if present[0] else None
 
 
 def sequence_history(sequence: UserSequence) -> RawHistory:

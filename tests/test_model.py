@@ -4,14 +4,18 @@ the loss, the metrics, determinism, artifacts."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pinrec.featurestore.schema import Vocabulary
+from pinrec.model import future_eval
 from pinrec.model.artifacts import data_fingerprint, load_artifact, save_artifact
 from pinrec.model.config import DAY_MS
+from pinrec.model.data.contexts import NO_QUERY, context_vectors, search_query_items
 from pinrec.model.data.prepare import prepare
 from pinrec.model.data.sequences import (
     Examples,
@@ -22,7 +26,16 @@ from pinrec.model.data.sequences import (
 )
 from pinrec.model.data.simulate import SimulationConfig, simulate
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
-from pinrec.model.finetune import SurfaceSessions, allowed_offsets, draw_offsets, finetune_surface
+from pinrec.model.finetune import (
+    SurfaceSessions,
+    _FrozenBackbone,
+    _TrainedBackbone,
+    allowed_offsets,
+    draw_offsets,
+    finetune_surface,
+    surface_sessions,
+)
+from pinrec.model.future_eval import FutureEvalSettings, surface_session_metrics, surface_session_requests
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
 from pinrec.model.index import IVF_PROBES, IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
@@ -280,6 +293,9 @@ def test_finetuning_offsets_follow_the_pretraining_windows():
         np.zeros(3, dtype=np.int64),
         gaps_ms=np.array([hour // 6, 2 * hour, 240 * hour]),
         first=np.array([True, False, False]),
+        starts_ms=np.zeros(3, dtype=np.int64),
+        subjects=np.zeros(3, dtype=np.int64),
+        query_ids=np.full(3, NO_QUERY),
     )
     allowed = allowed_offsets(sessions, (0, hour, 24 * hour, 168 * hour))
     assert allowed.tolist() == [
@@ -289,6 +305,112 @@ def test_finetuning_offsets_follow_the_pretraining_windows():
     ]
     drawn = draw_offsets(allowed, np.random.default_rng(0)).numpy()
     assert allowed[np.arange(3), drawn].all()
+
+
+def _item_table(model) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])  # (V + 1, C)
+
+
+def test_context_vectors_are_the_subject_item_or_the_mean_of_the_query_items(data):
+    table = F.normalize(
+        torch.randn(data.catalog.size + 1, 8, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    query_items = search_query_items(data.log, data.catalog, data.vocabulary)
+    query = int(query_items.query_ids[0])
+    vectors, present = context_vectors(
+        table, np.array([5, 0, 0, 0]), np.array([NO_QUERY, query, NO_QUERY, 10**9]), query_items
+    )
+    assert present.tolist() == [True, True, False, False]  # an unknown query gives no context
+    assert torch.equal(vectors[0], table[5])
+    assert torch.allclose(vectors[1], F.normalize(table[query_items.items_of(query)].mean(dim=0), dim=0))
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+@pytest.mark.parametrize("surface", [1, 2])  # search (a query), related (a subject item)
+def test_a_surface_head_is_finetuned_on_the_hidden_state_the_server_decodes_from(data, frozen, surface):
+    model = _model(data)
+    query_items = search_query_items(data.log, data.catalog, data.vocabulary)
+    sessions = surface_sessions(data, surface, np.arange(len(data.histories.user_ids)))
+    # One engagement per outcome (the context token's action), the first one stripped of its context.
+    rows = np.array([np.flatnonzero(sessions.outcomes == o)[0] for o in np.unique(sessions.outcomes)])
+    sessions = replace(sessions, subjects=sessions.subjects.copy(), query_ids=sessions.query_ids.copy())
+    sessions.subjects[rows[0]], sessions.query_ids[rows[0]] = 0, NO_QUERY
+    backbone = (_FrozenBackbone if frozen else _TrainedBackbone)(model, data, sessions, surface, query_items)
+    contexts, present = context_vectors(
+        _item_table(model), sessions.subjects[rows], sessions.query_ids[rows], query_items
+    )
+    assert present.tolist() == [False] + [True] * (len(rows) - 1)
+    with torch.no_grad():
+        hidden = backbone.hidden_of(torch.from_numpy(rows))  # (N, C)
+    K = len(model.config.offsets)
+    for n, row in enumerate(rows):
+        outcome = int(sessions.outcomes[row])
+        inputs = recent_histories(
+            data.histories, sessions.rows[[row]], sessions.ends[[row]], model.config.max_len
+        )
+        now = torch.from_numpy(sessions.starts_ms[[row]])
+        context = contexts[[n]] if present[n] else None
+        served = generate_queries(model, inputs, surface, [outcome], 1, now, context=context)[
+            0, 0, 0
+        ]  # (K, C)
+        trained = model.query(
+            hidden[n].expand(K, -1), torch.full((K,), outcome), torch.full((K,), surface), torch.arange(K)
+        )
+        assert torch.allclose(trained, served, atol=1e-5)
+        if context is not None:  # the context token changes the queries
+            plain = generate_queries(model, inputs, surface, [outcome], 1, now)[0, 0, 0]
+            assert not torch.allclose(trained, plain, atol=1e-3)
+
+
+def test_surface_sessions_are_judged_with_their_context_on_their_engaged_items(data, monkeypatch):
+    model = _model(data)
+    histories, events = data.histories, data.log.events
+    split = future_window(histories, 2 * DAY_MS, holdout_share=0.5, seed=0)
+    requests = surface_session_requests(model, data, split.test, split.window_ms, 1)
+    # A query counts as context where other (training) users' engagements define it: not every one here.
+    assert len(requests) >= 5 and requests.present.any()
+    cut = dict(zip(split.test.rows, histories.times[split.test.ends - 1], strict=True))
+    for i, (row, now) in enumerate(zip(requests.rows, requests.now_ms, strict=True)):
+        assert cut[row] < now <= cut[row] + split.window_ms  # a session starting in the user's window
+        assert histories.times[requests.ends[i] - 1] < now  # on the positives before it
+        assert requests.ends[i] == histories.offsets[row + 1] or histories.times[requests.ends[i]] >= now
+        mine = events[(events["user_id"] == histories.user_ids[row]) & (events["surface"] == "search")]
+        session = mine[mine["session_id"] == mine.loc[mine["ts_ms"] == now, "session_id"].iloc[0]]
+        engaged = session.loc[session["action"] != "impression", "item_id"].to_numpy()
+        assert set(requests.targets[i].tolist()) == set(data.catalog.index_of(engaged).tolist())
+
+    # Queries forced onto one unseen target of each session: a list of one item finds exactly that one.
+    table = _item_table(model)
+    aimed = {}
+    for now, targets, seen in zip(requests.now_ms, requests.targets, requests.seen, strict=True):
+        aimed[int(now)] = int(np.setdiff1d(targets, seen)[0])
+    assert len(aimed) == len(requests)  # session starts tell the requests apart
+    received = []
+
+    def aimed_queries(model, history, surface, outcomes, steps, now_ms, head, context=None):
+        received.append(context)
+        vectors = table[[aimed[int(t)] for t in now_ms]]  # (B, C)
+        return vectors[:, None, None, None].expand(-1, steps, len(outcomes), len(model.config.offsets), -1)
+
+    monkeypatch.setattr(future_eval, "generate_queries", aimed_queries)
+    metrics = surface_session_metrics(
+        model,
+        item_index(model),
+        data,
+        split.test,
+        split.window_ms,
+        1,
+        [1],
+        [1.0],
+        FutureEvalSettings(budget=1),
+    )
+    expected = np.mean([1 / len(targets) for targets in requests.targets])
+    assert metrics == {"recall@1_budgeted": pytest.approx(expected), "cases": len(requests)}
+    given = torch.cat([c for c in received if c is not None])  # requests without a context get None
+    expected_contexts = requests.contexts[torch.from_numpy(requests.present)]
+    assert len(given) == len(expected_contexts)
+    assert all((expected_contexts == row).all(dim=1).any() for row in given)
 
 
 def test_ivf_index_probes_enough_lists_to_reach_its_target_recall():

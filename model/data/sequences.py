@@ -61,6 +61,18 @@ class Histories:
         return row
 
 
+def positives_before(histories: Histories, rows: np.ndarray, times_ms: np.ndarray) -> np.ndarray:
+    """(N,) the exclusive end of each row's positive actions strictly before its time: a session's history."""
+    return np.array(
+        [
+            histories.offsets[row]
+            + np.searchsorted(histories.times[histories.offsets[row] : histories.offsets[row + 1]], time)
+            for row, time in zip(rows, times_ms, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
 def build_item_catalog(
     log: EventLog, positives: np.ndarray, item_ids: np.ndarray | None = None
 ) -> ItemCatalog:
@@ -159,6 +171,7 @@ class FutureWindow:
     train_ends: np.ndarray  # (U,) held-out users get an empty training range
     valid: Examples
     test: Examples
+    window_ms: int  # the targets are the actions in (cut time, cut time + window_ms]
 
 
 def future_window(
@@ -205,7 +218,7 @@ def future_window(
             np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64),
         )
 
-    return FutureWindow(train_ends, cases(valid_users), cases(test_users))
+    return FutureWindow(train_ends, cases(valid_users), cases(test_users), window_ms)
 
 
 # --- model inputs ------------------------------------------------------------------------------------

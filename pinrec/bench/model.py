@@ -9,20 +9,26 @@ several outcomes or surfaces (the synthetic world, MovieLens).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pinrec.bench.report import print_table, write_json
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.config import DAY_MS, HOUR_MS
+from pinrec.model.config import DAY_MS, HOUR_MS, ModelConfig
+from pinrec.model.data.contexts import carries_contexts
 from pinrec.model.data.loaders import dataset_name, load_dataset
 from pinrec.model.data.prepare import PreparedData, prepare
 from pinrec.model.data.sequences import future_window, leave_one_out
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
 from pinrec.model.finetune import finetune_surface
-from pinrec.model.future_eval import FutureEvalSettings, future_window_metrics, outcome_control_metrics
+from pinrec.model.future_eval import (
+    FutureEvalSettings,
+    future_window_metrics,
+    outcome_control_metrics,
+    surface_session_metrics,
+)
 from pinrec.model.pretrain import base_config, new_model, pretrain
 from pinrec.model.train import TrainConfig, plot_curves
 
@@ -33,10 +39,12 @@ log = logging.getLogger(__name__)
 class ModelBenchConfig:
     dataset: Path
     protocol: str = "auto"  # loo | future | auto (future when the log has several outcomes or surfaces)
-    time_budget_min: float = 20.0  # training time per model
+    time_budget_min: float = 20.0  # training time per model and seed
     out_dir: Path = Path("bench-model")  # training curves and per-run details
-    seed: int = 0
+    seed: int = 0  # the first seed; run i trains with seed + i
+    seeds: int = 3  # runs per model: the report gives their mean and standard deviation
     max_epochs: int = 200
+    threads: int = 0  # torch threads per process (0: every available CPU)
     window_ms: int = 7 * DAY_MS  # protocol B target window
     budget: int = 100  # protocol B budgeted recall N
 
@@ -47,15 +55,29 @@ def history_cap(name: str) -> int:
 
 
 def multi_token_settings(data: PreparedData) -> dict:
-    """Offsets that fit the data (ours): S3-Rec files carry one synthetic day per action, so windows of 3
-    and 10 actions, every window trained at every position; real timestamps get an hour, a day and a week,
-    one window drawn per position (three would triple the loss's cost)."""
+    """Offsets and input features that fit the data (ours). S3-Rec files carry one synthetic day per action,
+    so their windows are the next 3 and the next 10 actions and their timestamps carry no information (no
+    time features), and their window targets weigh a quarter of the next item's (a half elsewhere: the
+    protocol judges the next item only); real timestamps get an hour, a day and a week. One window target is
+    drawn per position and epoch."""
     if data.log.info.get("source") == "s3rec":
-        return {"offsets_ms": (0, 3 * DAY_MS, 10 * DAY_MS), "sampled_windows": 0}
+        return {
+            "offsets_ms": (0, 3 * DAY_MS, 10 * DAY_MS),
+            "sampled_windows": 1,
+            "window_weight": 0.25,  # these files are judged on the next item only
+            "time_features": False,
+        }
     return {"offsets_ms": (0, HOUR_MS, DAY_MS, 7 * DAY_MS), "sampled_windows": 1}
 
 
+def model_config(data: PreparedData, variant: str, max_len: int) -> ModelConfig:
+    """A variant's configuration for this dataset; the variant switches parts off, never on."""
+    return base_config(data, max_len=max_len, **multi_token_settings(data)).with_variant(variant)
+
+
 def run_model_bench(config: ModelBenchConfig, json_path: Path | None) -> dict:
+    if config.seeds < 1:
+        raise ValueError("--seeds must be at least 1")
     vocabulary = Vocabulary()
     event_log = load_dataset(config.dataset, vocabulary)
     name = dataset_name(config.dataset)
@@ -64,32 +86,62 @@ def run_model_bench(config: ModelBenchConfig, json_path: Path | None) -> dict:
     if protocol == "auto":
         several = len(np.unique(data.histories.actions)) > 1 or len(np.unique(data.histories.surfaces)) > 1
         protocol = "future" if several else "loo"
-    train_config = TrainConfig(
-        time_budget_s=config.time_budget_min * 60, seed=config.seed, max_epochs=config.max_epochs
-    )
-    if protocol == "loo":
-        result = _leave_one_out(config, data, name, train_config)
-    elif protocol == "future":
-        result = _future(config, data, name, train_config)
-    else:
+    if protocol not in ("loo", "future"):
         raise ValueError(f"unknown protocol {protocol!r}; use loo, future or auto")
+    run = _leave_one_out if protocol == "loo" else _future
+    runs, curves = [], {}
+    for seed in range(config.seed, config.seed + config.seeds):
+        train_config = TrainConfig(
+            time_budget_s=config.time_budget_min * 60,
+            seed=seed,
+            max_epochs=config.max_epochs,
+            threads=config.threads,
+        )
+        outcome = run(config, data, train_config)
+        runs.append(outcome)
+        curves |= {f"{model} seed {seed}": curve for model, curve in outcome.pop("curves").items()}
+    result = {"dataset": name, "protocol": protocol, **runs[0]["facts"]}
+    result["seeds"] = config.seeds
+    result["results"] = mean_over_seeds([r["results"] for r in runs], "model")
+    if protocol == "future":
+        result["surfaces"] = mean_over_seeds([r["surfaces"] for r in runs], "surface")
+    metric = "NDCG@10" if protocol == "loo" else "NDCG@10 (next item)"
+    result["curves_png"] = str(plot_curves(curves, config.out_dir / f"{name}-{protocol}-curves.png", metric))
     result["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
+    (_print_loo if protocol == "loo" else _print_future)(result, config)
     write_json(json_path, result)
     return result
 
 
-def _leave_one_out(
-    config: ModelBenchConfig, data: PreparedData, name: str, train_config: TrainConfig
-) -> dict:
+def mean_over_seeds(runs: list[list[dict]], key: str) -> list[dict]:
+    """One row per model (or surface): the mean of every number over the seeds, `<name>_std` beside each
+    metric (population standard deviation), and the per-seed rows under "runs"."""
+    out = []
+    for rows in zip(*runs, strict=True):
+        merged = {key: rows[0][key], "seeds": len(rows)}
+        for name, value in rows[0].items():
+            if name == key or not isinstance(value, int | float):
+                continue
+            values = np.array([row[name] for row in rows], dtype=np.float64)
+            merged[name] = round(float(values.mean()), 4)
+            if isinstance(value, float):
+                merged[f"{name}_std"] = round(float(values.std()), 4)
+        merged["runs"] = list(rows)
+        out.append(merged)
+    return out
+
+
+def _leave_one_out(config: ModelBenchConfig, data: PreparedData, train_config: TrainConfig) -> dict:
+    name = dataset_name(config.dataset)
     split = leave_one_out(data.histories)
     results, curves = [], {}
     for variant in ("sasrec", "pinrec"):
-        model_config = base_config(data, max_len=history_cap(name), **multi_token_settings(data))
-        model_config = model_config.with_variant(variant)
-        model = new_model(model_config, data, seed=config.seed)
+        model = new_model(model_config(data, variant, history_cap(name)), data, seed=train_config.seed)
         trained = pretrain(model, data, split.train_ends, split.valid, train_config, name=variant)
         index = item_index(model)
-        queries = next_queries(model, data.histories, split.test, data.primary_outcome, data.primary_surface)
+        queries = next_queries(
+            model, data.histories, split.test, model.config.any_outcome, data.primary_surface
+        )
         metrics = leave_one_out_metrics(index, queries, data.histories, split.test)
         curves[variant] = trained.curve
         results.append(
@@ -100,48 +152,50 @@ def _leave_one_out(
                 "epochs": trained.epochs,
                 "best_epoch": trained.best_epoch,
                 "stopped_by": trained.stopped_by,
+                "seed": train_config.seed,
                 "parameters": sum(p.numel() for p in model.parameters()),
             }
         )
-    curve_png = plot_curves(curves, config.out_dir / f"{name}-loo-curves.png", "NDCG@10")
-    report = {
-        "dataset": name,
-        "protocol": "loo",
-        "index": "faiss IndexFlatIP (exact)",
-        "test_users": len(split.test),
-        "results": results,
-        "curves_png": str(curve_png),
-    }
+    facts = {"index": "faiss IndexFlatIP (exact)", "test_users": len(split.test)}
+    return {"facts": facts, "results": results, "curves": curves}
+
+
+def _print_loo(report: dict, config: ModelBenchConfig) -> None:
+    results = report["results"]
     print_table(
-        f"Protocol A (leave-one-out, full ranking) on {name}, {len(split.test):,} users",
+        f"Protocol A (leave-one-out, full ranking) on {report['dataset']}, {report['test_users']:,} users, "
+        f"mean ± std over {report['seeds']} seeds",
         [
             (
                 f"{r['model']} HR@10 / NDCG@10 / HR@50",
-                f"{r['hr@10']:.4f} / {r['ndcg@10']:.4f} / {r['hr@50']:.4f}",
+                f"{_pm(r, 'hr@10')} / {_pm(r, 'ndcg@10')} / {_pm(r, 'hr@50')}",
             )
             for r in results
         ]
         + [
             (
-                f"{r['model']} training",
-                f"{r['train_seconds']:.0f} s, {r['epochs']} epochs ({r['stopped_by']})",
+                f"{r['model']} training per seed",
+                f"{r['train_seconds']:.0f} s, stopped by "
+                + ", ".join(sorted({run["stopped_by"] for run in r["runs"]})),
             )
             for r in results
         ],
     )
-    return report
 
 
-def _future(config: ModelBenchConfig, data: PreparedData, name: str, train_config: TrainConfig) -> dict:
-    split = future_window(data.histories, config.window_ms, seed=config.seed)
+def _pm(row: dict, name: str) -> str:
+    return f"{row[name]:.4f} ± {row[name + '_std']:.4f}"
+
+
+def _future(config: ModelBenchConfig, data: PreparedData, train_config: TrainConfig) -> dict:
+    split = future_window(data.histories, config.window_ms, seed=train_config.seed)
     outcomes, shares = data.outcome_mix()
     surface = data.primary_surface
     settings = FutureEvalSettings(budget=config.budget)
     train_users = np.flatnonzero(split.train_ends > data.histories.offsets[:-1])
     results, curves, models = [], {}, {}
     for variant in ("sasrec", "pinrec-unconditioned", "pinrec-oc", "pinrec"):
-        model_config = base_config(data, max_len=200, **multi_token_settings(data)).with_variant(variant)
-        model = new_model(model_config, data, seed=config.seed)
+        model = new_model(model_config(data, variant, 200), data, seed=train_config.seed)
         trained = pretrain(model, data, split.train_ends, split.valid, train_config, name=variant)
         index = item_index(model)
         metrics = future_window_metrics(
@@ -158,55 +212,54 @@ def _future(config: ModelBenchConfig, data: PreparedData, name: str, train_confi
                 **_rounded(metrics),
                 **_rounded(control),
                 "train_seconds": round(trained.seconds, 1),
+                "seed": train_config.seed,
             }
         )
     surfaces = _finetuned_heads(
         models["pinrec"], data, split, train_users, outcomes, shares, settings, train_config
     )
-    curve_png = plot_curves(curves, config.out_dir / f"{name}-future-curves.png", "NDCG@10 (next item)")
-    report = {
-        "dataset": name,
-        "protocol": "future",
+    facts = {
         "window_ms": config.window_ms,
         "budget": config.budget,
         "outcome_budget": {
             data.vocabulary.actions[o]: round(s, 3) for o, s in zip(outcomes, shares, strict=True)
         },
-        "results": results,
-        "surfaces": surfaces,
-        "curves_png": str(curve_png),
     }
+    return {"facts": facts, "results": results, "surfaces": surfaces, "curves": curves}
+
+
+def _print_future(report: dict, config: ModelBenchConfig) -> None:
     rows = []
-    for r in results:
+    budgeted = f"recall@{config.budget}_budgeted"
+    for r in report["results"]:
         rows.append(
             (
                 f"{r['model']} R@10 unordered / R@{config.budget} budgeted / unique share",
-                f"{r['recall@10_unordered']:.4f} / {r[f'recall@{config.budget}_budgeted']:.4f} / "
-                f"{r['diversity_unique_share']:.3f}",
+                f"{_pm(r, 'recall@10_unordered')} / {_pm(r, budgeted)} / {_pm(r, 'diversity_unique_share')}",
             )
         )
         rows.append(
             (
                 f"{r['model']} outcome control matched / mismatched",
-                f"{r['recall_matched']:.4f} / {r['recall_mismatched']:.4f}",
+                f"{_pm(r, 'recall_matched')} / {_pm(r, 'recall_mismatched')}",
             )
         )
-    for s in surfaces:
+    for s in report["surfaces"]:
         rows.append(
             (
                 f"{s['surface']} head R@{config.budget}: pretrain-only / finetuned",
-                f"{s['pretrain_only']:.4f} / {s['finetuned']:.4f}",
+                f"{_pm(s, 'pretrain_only')} / {_pm(s, 'finetuned')}",
             )
         )
-    print_table(f"Protocols B and C on {name}", rows)
-    return report
+    print_table(f"Protocols B and C on {report['dataset']}, mean ± std over {report['seeds']} seeds", rows)
 
 
 def _finetuned_heads(
     trained, data, split, train_users, outcomes, shares, settings, train_config
 ) -> list[dict]:
-    """Pretrain-only head against a finetuned head on each surface with sessions (budgeted recall on the
-    held-out users' targets on that surface)."""
+    """Pretrain-only head against a finetuned head on each surface with sessions (budgeted recall). A surface
+    whose requests carry a context (search, related) is judged per held-out session with its context token,
+    as the server answers it; the others (home) on the held-out users' targets on that surface."""
     model, index = trained
     key = f"recall@{settings.budget}_budgeted"
     out = []
@@ -216,14 +269,15 @@ def _finetuned_heads(
         if not (data.histories.surfaces == surface).any():
             continue
         finetune_surface(
-            model, data, surface, train_users, TrainConfig(seed=train_config.seed, max_epochs=30, patience=3)
+            model,
+            data,
+            surface,
+            train_users,
+            replace(train_config, time_budget_s=None, max_epochs=30, patience=3),
         )
-        common = dict(target_surface=surface)
-        before = future_window_metrics(
-            model, index, data.histories, split.test, outcomes, shares, surface, settings, "shared", **common
-        )
-        after = future_window_metrics(
-            model, index, data.histories, split.test, outcomes, shares, surface, settings, name, **common
+        before, after = (
+            _surface_recall(model, index, data, split, surface, head, outcomes, shares, settings)
+            for head in ("shared", name)
         )
         out.append(
             {
@@ -234,6 +288,27 @@ def _finetuned_heads(
             }
         )
     return out
+
+
+def _surface_recall(model, index, data, split, surface, head, outcomes, shares, settings) -> dict:
+    """A head's budgeted recall on one surface: per held-out session with its context token where the
+    surface's requests carry one (search, related), else on the held-out users' targets on the surface."""
+    if carries_contexts(data.log.events, data.vocabulary.surfaces[surface]):
+        return surface_session_metrics(
+            model, index, data, split.test, split.window_ms, surface, outcomes, shares, settings, head
+        )
+    return future_window_metrics(
+        model,
+        index,
+        data.histories,
+        split.test,
+        outcomes,
+        shares,
+        surface,
+        settings,
+        head,
+        target_surface=surface,
+    )
 
 
 def _rounded(metrics: dict) -> dict:

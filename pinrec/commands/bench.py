@@ -45,10 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--dataset", type=Path, required=True, help="S3-Rec .txt, u.data, ratings.csv or event log"
     )
-    model.add_argument("--time-budget-min", type=float, default=20.0, help="training minutes per model")
+    model.add_argument(
+        "--time-budget-min", type=float, default=20.0, help="training minutes per model and seed"
+    )
     model.add_argument("--protocol", choices=["auto", "loo", "future"], default="auto")
     model.add_argument("--max-epochs", type=int, default=200)
-    model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--seed", type=int, default=0, help="the first seed; run i trains with seed + i")
+    model.add_argument(
+        "--seeds", type=int, default=3, help="runs per model; the table shows their mean ± std"
+    )
+    model.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
     model.add_argument(
         "--out", dest="out_dir", type=Path, default=Path("bench-model"), help="folder for training curves"
     )

@@ -196,7 +196,7 @@ def run_eval(args: argparse.Namespace, settings: Settings) -> int:
     model, index = artifact.model, artifact.index
     if args.protocol == "loo":
         test = leave_one_out(data.histories).test
-        queries = next_queries(model, data.histories, test, data.primary_outcome, data.primary_surface)
+        queries = next_queries(model, data.histories, test, model.config.any_outcome, data.primary_surface)
         metrics = leave_one_out_metrics(index, queries, data.histories, test)
     else:
         test = future_window(data.histories, 7 * DAY_MS).test
