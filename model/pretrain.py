@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pinrec.model.config import ModelConfig
+from pinrec.model.config import DAY_MS, HOUR_MS, ModelConfig
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import Examples, Histories, TrainingBatch, training_batches
 from pinrec.model.evaluate import exact_metrics, next_queries
@@ -43,15 +43,32 @@ def new_model(config: ModelConfig, data: PreparedData, seed: int = 0) -> PinRecM
     return PinRecModel(config, content)
 
 
+def data_settings(data: PreparedData) -> dict:
+    """Offsets and input features that fit the data (ours). S3-Rec files carry one synthetic day per action
+    and are judged on the next item only: their windows are the next 3 and the next 10 actions, weighted a
+    quarter of a next-item target, without time features (their timestamps carry no information). Real
+    timestamps get windows of an hour, a day and a week, weighted a half. One window target is drawn per
+    position and epoch."""
+    if data.log.info.get("source") == "s3rec":
+        return {
+            "offsets_ms": (0, 3 * DAY_MS, 10 * DAY_MS),
+            "sampled_windows": 1,
+            "window_weight": 0.25,  # these files are judged on the next item only
+            "time_features": False,
+        }
+    return {"offsets_ms": (0, HOUR_MS, DAY_MS, 7 * DAY_MS), "sampled_windows": 1}
+
+
 def base_config(data: PreparedData, **overrides) -> ModelConfig:
-    """The model configuration for a dataset: vocabulary and catalog sizes filled in."""
+    """The model configuration for a dataset: vocabulary and catalog sizes filled in, offsets and inputs
+    that fit its timestamps (data_settings), then the overrides."""
     content_dim = data.catalog.content.shape[1] if data.catalog.content is not None else 0
     return ModelConfig(
         num_items=data.catalog.size,
         num_actions=len(data.vocabulary.actions),
         num_surfaces=len(data.vocabulary.surfaces),
         content_dim=content_dim,
-        **overrides,
+        **(data_settings(data) | overrides),
     )
 
 

@@ -202,7 +202,7 @@ def test_duplicate_queries_fill_their_budget_from_the_overfetch(data):
 def test_multi_token_targets_fall_inside_their_windows(data):
     rng = np.random.default_rng(0)
     offsets = (0, DAY_MS)
-    batch = next(training_batches(data.histories, data.histories.offsets[1:], offsets, 20, 8, rng))
+    batch = next(iter(training_batches(data.histories, data.histories.offsets[1:], offsets, 20, 8, rng)))
     valid = batch.inputs.items > 0
     assert (batch.targets[..., 0][valid] > 0).float().mean() > 0.5  # most positions have a next item
     assert (batch.targets[~valid] == 0).all()  # padding predicts nothing

@@ -5,7 +5,7 @@ protocols, and padded training batches with next-item and future-window (multi-t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -270,6 +270,19 @@ class TrainingBatch:
     target_surfaces: torch.Tensor  # (B, T, K)
 
 
+class Epoch:
+    """An epoch's batches, each built when iterated; the count is known up front (progress bars)."""
+
+    def __init__(self, batches: list[np.ndarray], build: Callable[[np.ndarray], TrainingBatch]) -> None:
+        self.batches, self.build = batches, build
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[TrainingBatch]:
+        return (self.build(rows) for rows in self.batches)
+
+
 def training_batches(
     histories: Histories,
     train_ends: np.ndarray,
@@ -278,7 +291,7 @@ def training_batches(
     batch_users: int,
     rng: np.random.Generator,
     sampled_windows: int = 0,
-) -> Iterator[TrainingBatch]:
+) -> Epoch:
     """One pass over the users in random order. Each user contributes a window of up to max_len + 1 of their
     training events ending at a random point (all of them when they fit); position j predicts event j + 1
     ("next", offset 0) and, for each window offset (or `sampled_windows` of them drawn per position), one
@@ -286,9 +299,8 @@ def training_batches(
     every epoch)."""
     starts = histories.offsets[:-1]
     rows = np.flatnonzero(train_ends - starts >= 2)
-    for chosen in _length_bucketed(
-        rows, np.minimum(train_ends[rows] - starts[rows], max_len), batch_users, rng
-    ):
+
+    def build(chosen: np.ndarray) -> TrainingBatch:
         lengths = train_ends[chosen] - starts[chosen]
         window_ends = starts[chosen] + rng.integers(np.minimum(lengths, max_len + 1), lengths + 1)
         window_starts = np.maximum(starts[chosen], window_ends - (max_len + 1))
@@ -302,12 +314,15 @@ def training_batches(
                 targets[i, column, k] = _future_targets(histories, positions, train_ends[row], offset, rng)
         if sampled_windows and len(offsets_ms) > 1:
             _keep_sampled_windows(targets, sampled_windows, rng)
-        yield TrainingBatch(
+        return TrainingBatch(
             inputs,
             torch.from_numpy(np.where(targets > 0, histories.items[targets], 0)),
             torch.from_numpy(histories.actions[targets]),
             torch.from_numpy(histories.surfaces[targets]),
         )
+
+    lengths = np.minimum(train_ends[rows] - starts[rows], max_len)
+    return Epoch(_length_bucketed(rows, lengths, batch_users, rng), build)
 
 
 def _keep_sampled_windows(targets: np.ndarray, count: int, rng: np.random.Generator) -> None:

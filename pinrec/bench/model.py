@@ -16,7 +16,7 @@ import numpy as np
 
 from pinrec.bench.report import print_table, write_json
 from pinrec.featurestore.schema import Vocabulary
-from pinrec.model.config import DAY_MS, HOUR_MS, ModelConfig
+from pinrec.model.config import DAY_MS, ModelConfig
 from pinrec.model.data.contexts import carries_contexts
 from pinrec.model.data.loaders import dataset_name, load_dataset
 from pinrec.model.data.prepare import PreparedData, prepare
@@ -54,25 +54,9 @@ def history_cap(name: str) -> int:
     return 200 if name.startswith("ml-") else 50
 
 
-def multi_token_settings(data: PreparedData) -> dict:
-    """Offsets and input features that fit the data (ours). S3-Rec files carry one synthetic day per action,
-    so their windows are the next 3 and the next 10 actions and their timestamps carry no information (no
-    time features), and their window targets weigh a quarter of the next item's (a half elsewhere: the
-    protocol judges the next item only); real timestamps get an hour, a day and a week. One window target is
-    drawn per position and epoch."""
-    if data.log.info.get("source") == "s3rec":
-        return {
-            "offsets_ms": (0, 3 * DAY_MS, 10 * DAY_MS),
-            "sampled_windows": 1,
-            "window_weight": 0.25,  # these files are judged on the next item only
-            "time_features": False,
-        }
-    return {"offsets_ms": (0, HOUR_MS, DAY_MS, 7 * DAY_MS), "sampled_windows": 1}
-
-
 def model_config(data: PreparedData, variant: str, max_len: int) -> ModelConfig:
     """A variant's configuration for this dataset; the variant switches parts off, never on."""
-    return base_config(data, max_len=max_len, **multi_token_settings(data)).with_variant(variant)
+    return base_config(data, max_len=max_len).with_variant(variant)
 
 
 def run_model_bench(config: ModelBenchConfig, json_path: Path | None) -> dict:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pinrec.demo.config import DemoConfig
-from pinrec.model.config import DAY_MS, HOUR_MS
+from pinrec.model.config import DAY_MS
 
 if TYPE_CHECKING:
     from pinrec.model.data.prepare import PreparedData
@@ -60,7 +60,7 @@ def train_demo_model(config: DemoConfig, work: Path, note: Callable[[str], None]
     data = prepare(log, vocabulary, item_ids=log.item_ids)
     note(f"{len(log.events):,} events ({len(data.histories.items):,} engagements) of {config.users:,} users")
     split = future_window(data.histories, 3 * DAY_MS, seed=config.seed)
-    model_config = base_config(data, max_len=200, offsets_ms=(0, HOUR_MS, DAY_MS, 7 * DAY_MS))
+    model_config = base_config(data, max_len=200)
     model = new_model(model_config, data, seed=config.seed)
     budget = TrainConfig(
         time_budget_s=config.train_minutes * 60, patience=10, seed=config.seed, progress=False

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 def build_artifact(config: ServeBenchConfig, out: Path) -> tuple[Path, PreparedData]:
     """Train the default model (max_len = history) briefly on a synthetic world with a large catalog."""
-    from pinrec.bench.model import multi_token_settings
     from pinrec.featurestore.schema import Vocabulary
     from pinrec.model.artifacts import save_trained
     from pinrec.model.data.prepare import prepare
@@ -33,7 +32,7 @@ def build_artifact(config: ServeBenchConfig, out: Path) -> tuple[Path, PreparedD
     )
     data = prepare(world, vocabulary, item_ids=world.item_ids)  # the whole catalog, engaged or not
     split = leave_one_out(data.histories)
-    model_config = base_config(data, max_len=config.history, **multi_token_settings(data))
+    model_config = base_config(data, max_len=config.history)
     model = new_model(model_config, data, seed=config.seed)
     train = TrainConfig(time_budget_s=config.train_minutes * 60, max_epochs=50, seed=config.seed)
     pretrain(model, data, split.train_ends, split.valid.subset(np.arange(min(500, len(split.valid)))), train)
