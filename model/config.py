@@ -46,6 +46,7 @@ class ModelConfig:
     # after the position's time in which any engaged item is a valid target.
     offsets_ms: tuple[int, ...] = (0, DAY_MS, 7 * DAY_MS)
     sampled_windows: int = 1  # window targets trained per position and epoch (0: every window offset)
+    window_share: float = 1.0  # share of positions, drawn per epoch, that train window targets at all
     window_weight: float = 0.5  # loss weight of a window target relative to the next-item target
     temperature: float = 0.05  # the softmax's 1/lambda on cosine scores
     loss: str = "sampled"  # "sampled": in-batch + random negatives with logQ; "full": the whole catalog

@@ -15,6 +15,7 @@ from pinrec.model.data.prepare import prepare
 from pinrec.model.data.sequences import Histories, future_window, leave_one_out, recent_histories
 from pinrec.model.data.simulate import SimulationConfig, simulate
 from pinrec.model.evaluate import exact_metrics, item_index, leave_one_out_metrics, next_queries
+from pinrec.model.finetune import finetune_surface
 from pinrec.model.future_eval import FutureEvalSettings, future_window_metrics
 from pinrec.model.network import _sparse_rows
 from pinrec.model.pretrain import base_config, new_model, pretrain, training_counts
@@ -129,3 +130,10 @@ def test_mean_over_seeds_keeps_the_keys_and_adds_standard_deviations():
     assert merged[0]["hr@10"] == pytest.approx(0.2) and merged[0]["hr@10_std"] == pytest.approx(0.1)
     assert merged[1]["hr@10_std"] == 0.0 and merged[1]["epochs"] == 6.0 and merged[1]["seeds"] == 2
     assert merged[0]["runs"] == [runs[0][0], runs[1][0]]
+
+
+def test_a_sasrec_model_has_no_head_to_finetune(data):
+    model = _model(data, variant="sasrec")
+    users = np.arange(len(data.histories.user_ids))
+    with pytest.raises(ValueError, match="no head to finetune"):
+        finetune_surface(model, data, 0, users, TrainConfig(max_epochs=1, progress=False))

@@ -291,12 +291,13 @@ def training_batches(
     batch_users: int,
     rng: np.random.Generator,
     sampled_windows: int = 0,
+    window_share: float = 1.0,
 ) -> Epoch:
     """One pass over the users in random order. Each user contributes a window of up to max_len + 1 of their
     training events ending at a random point (all of them when they fit); position j predicts event j + 1
     ("next", offset 0) and, for each window offset (or `sampled_windows` of them drawn per position), one
     event drawn uniformly from those within the window after event j (multi-token targets; the draws change
-    every epoch)."""
+    every epoch). Only a `window_share` of the positions, drawn at random, keep their window targets."""
     starts = histories.offsets[:-1]
     rows = np.flatnonzero(train_ends - starts >= 2)
 
@@ -314,6 +315,8 @@ def training_batches(
                 targets[i, column, k] = _future_targets(histories, positions, train_ends[row], offset, rng)
         if sampled_windows and len(offsets_ms) > 1:
             _keep_sampled_windows(targets, sampled_windows, rng)
+        if window_share < 1:
+            targets[..., 1:][rng.random(targets.shape[:2]) >= window_share] = 0
         return TrainingBatch(
             inputs,
             torch.from_numpy(np.where(targets > 0, histories.items[targets], 0)),
