@@ -196,22 +196,13 @@ def retrieve(
     down its over-fetched list, so duplicates do not shrink the answer below total while the over-fetch
     lasts. The list is ordered by score."""
     quotas = _round_budgets([q.budget for q in planned], total)
+    vectors = np.stack([q.vector for q in planned])
     depth = int(math.ceil(max(quotas, default=0) * overfetch)) + len(seen)
-    scores, found = index.search(np.stack([q.vector for q in planned]), max(depth, 1))
-    fresh = (found > 0) & ~np.isin(found, seen)
-    ranked = [(found[i][fresh[i]].tolist(), scores[i][fresh[i]].tolist()) for i in range(len(planned))]
-    taken: dict[int, tuple[float, int]] = {}  # item -> (score, query)
-    counts = [0] * len(planned)
-    open_queries = [i for i, quota in enumerate(quotas) if quota > 0]
-    for rank in range(depth):
-        if not open_queries:
-            break
-        for i in open_queries:
-            items, item_scores = ranked[i]
-            if rank < len(items) and items[rank] not in taken:
-                taken[items[rank]] = (item_scores[rank], i)
-                counts[i] += 1
-        open_queries = [i for i in open_queries if counts[i] < quotas[i] and rank + 1 < len(ranked[i][0])]
+    ranked, taken = _take_turns(index, vectors, quotas, seen, depth)
+    if len(taken) < total and depth < total + len(seen):
+        # Queries so alike that the over-fetch ran out: a list of total + seen items per query always
+        # leaves each query enough fresh items for its quota.
+        ranked, taken = _take_turns(index, vectors, quotas, seen, total + len(seen))
     # Diversity: how much the queries' own top-quota lists overlap (before the turns fill the gaps).
     own = [np.asarray(items[:q], dtype=np.int64) for (items, _), q in zip(ranked, quotas, strict=True)]
     all_fetched = np.concatenate(own) if own else np.zeros(0, dtype=np.int64)
@@ -224,6 +215,27 @@ def retrieve(
         fetched=len(all_fetched),
         unique_fetched=len(np.unique(all_fetched)),
     )
+
+
+def _take_turns(index: ItemIndex, vectors: np.ndarray, quotas: list[int], seen: np.ndarray, depth: int):
+    """Each query's unseen items of its top `depth` (ranked lists), and the items taken in turns rank by
+    rank until every query has its quota or its list ran out: item -> (score, query)."""
+    scores, found = index.search(vectors, max(depth, 1))
+    fresh = (found > 0) & ~np.isin(found, seen)
+    ranked = [(found[i][fresh[i]].tolist(), scores[i][fresh[i]].tolist()) for i in range(len(vectors))]
+    taken: dict[int, tuple[float, int]] = {}
+    counts = [0] * len(vectors)
+    open_queries = [i for i, quota in enumerate(quotas) if quota > 0]
+    for rank in range(depth):
+        if not open_queries:
+            break
+        for i in open_queries:
+            items, item_scores = ranked[i]
+            if rank < len(items) and items[rank] not in taken:
+                taken[items[rank]] = (item_scores[rank], i)
+                counts[i] += 1
+        open_queries = [i for i in open_queries if counts[i] < quotas[i] and rank + 1 < len(ranked[i][0])]
+    return ranked, taken
 
 
 def _round_budgets(budgets: list[float], total: int) -> list[int]:

@@ -199,6 +199,23 @@ def test_duplicate_queries_fill_their_budget_from_the_overfetch(data):
     assert sorted(result.outcomes.tolist()) == [1] * 10 + [2] * 10
 
 
+def test_many_identical_queries_still_fill_the_whole_list_with_its_exact_split(data):
+    """Six queries with one vector (an untrained head asks the same for every outcome): the over-fetch of
+    each runs out, so retrieval searches deeper rather than return fewer items or another split."""
+    model = _model(data)
+    index = item_index(model)
+    vector = model.items.all_items()[3].detach().numpy()
+    planned = [
+        PlannedQuery(vector, budget, outcome, 0) for budget, outcome in [(4, 1)] * 3 + [(8 / 3, 2)] * 3
+    ]
+    seen = np.array([5, 6, 7], dtype=np.int64)
+    result = retrieve(index, planned, 20, seen, overfetch=1.0)
+    assert (
+        len(result.items) == 20 == len(set(result.items.tolist())) and not np.isin(result.items, seen).any()
+    )
+    assert sorted(result.outcomes.tolist()) == [1] * 12 + [2] * 8
+
+
 def test_multi_token_targets_fall_inside_their_windows(data):
     rng = np.random.default_rng(0)
     offsets = (0, DAY_MS)
