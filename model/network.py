@@ -62,7 +62,7 @@ class ItemTower(nn.Module):
 
     The paper puts an MLP over [ID; content]. Ours was linear on purpose: an MLP correction (last layer
     zero-initialised) outgrew the ID embedding within an epoch and blurred items into their attributes
-    (Beauty validation NDCG@10 0.046 against 0.054 for the ID table alone after 11 epochs)."""
+    (Beauty validation NDCG@10 0.046 after 11 epochs, against 0.054 for SASRec's plain ID table)."""
 
     def __init__(self, config: ModelConfig, content: torch.Tensor | None) -> None:
         super().__init__()
@@ -81,7 +81,8 @@ class ItemTower(nn.Module):
         else:
             self.id_embedding = nn.Embedding(config.num_items + 1, dim, padding_idx=0)
         for table in self.tables if config.hash_tables else (self.id_embedding,):
-            # Unit-norm rows: the output is normalised, so the norm only sets how fast Adam turns a row.
+            # Small rows (GPT-2 style): the output is normalised, so the norm only sets how fast Adam turns a
+            # row; rows of norm 1 (std C^-1/2) learned slower on Beauty.
             nn.init.normal_(table.weight, std=ITEM_INIT_STD)
         use_content = config.use_content and config.content_dim > 0 and content is not None
         self.register_buffer("content", content.float() if use_content else None, persistent=use_content)
