@@ -160,7 +160,7 @@ class _FrozenBackbone(_Backbone):
     def __post_init__(self) -> None:
         self.model.eval()
         with torch.no_grad():
-            self.table = torch.cat([torch.zeros(1, self.model.config.dim), self.model.items.all_items()])
+            self.table = self.model.items.table()
             self.hidden = self._all_hidden_states()
 
     def _all_hidden_states(self, chunk: int = 1024) -> torch.Tensor:
@@ -192,7 +192,7 @@ class _TrainedBackbone(_Backbone):
         self.items = self.model.items
 
     def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
-        table = torch.cat([torch.zeros(1, self.model.config.dim), self.all_items()])
+        table = self.model.items.table()
         return self.hidden_states(rows.numpy(), table)
 
     def all_items(self) -> torch.Tensor:

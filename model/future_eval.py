@@ -106,7 +106,7 @@ def surface_session_requests(
     ends = positives_before(histories, rows, now)
     subjects, query_ids = event_contexts(sessions, data.catalog)
     with torch.no_grad():
-        table = torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])  # (V + 1, C)
+        table = model.items.table()  # (V + 1, C)
     # Queries are defined by the other users' engagements: the judged sessions must not define them.
     held_out = histories.user_ids[examples.rows]
     query_items = search_query_items(data.log, data.catalog, data.vocabulary, held_out)

@@ -125,6 +125,10 @@ class ItemTower(nn.Module):
         ids = torch.arange(1, self.config.num_items + 1)
         return torch.cat([self(part) for part in ids.split(chunk)])
 
+    def table(self) -> torch.Tensor:
+        """(V + 1, C): all_items() below a zero row for padding, indexable by item index."""
+        return torch.cat([torch.zeros(1, self.config.dim), self.all_items()])
+
 
 def _sparse_rows(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's non-zero columns (1-based, 0 pads) and their values, (R, K) for K the most in a row."""

@@ -73,8 +73,7 @@ class LoadedModel:
         self.model = artifact.model
         self.vocabulary = artifact.vocabulary
         with torch.no_grad():
-            vectors = self.model.items.all_items()
-        self.item_vectors = torch.cat([torch.zeros(1, vectors.shape[1]), vectors])  # row 0: padding
+            self.item_vectors = self.model.items.table()  # row 0: padding
         self.popular = np.argsort(-artifact.popularity[1:], kind="stable") + 1  # item indices, most first
         self.outcomes = tuple(artifact.manifest["outcomes"])
         self.max_len = self.model.config.max_len

@@ -326,7 +326,7 @@ def test_finetuning_offsets_follow_the_pretraining_windows():
 
 def _item_table(model) -> torch.Tensor:
     with torch.no_grad():
-        return torch.cat([torch.zeros(1, model.config.dim), model.items.all_items()])  # (V + 1, C)
+        return model.items.table()  # (V + 1, C)
 
 
 def test_context_vectors_are_the_subject_item_or_the_mean_of_the_query_items(data):
