@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -52,8 +53,11 @@ def ensure_topics(
     partitions: Mapping[str, int],
     replication_factor: int = 1,
     security: KafkaSecurity = PLAINTEXT,
+    ready_timeout_s: float = 30.0,
 ) -> None:
-    """Create each topic with its partition count; existing topics are left as they are."""
+    """Create each topic with its partition count (existing topics are left as they are), then wait until
+    every partition of every topic has a leader: a consumer that joins its group before that is assigned
+    nothing and only notices the partitions at its next metadata refresh."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, **security.client_options())
     try:
         existing = set(admin.list_topics())
@@ -67,8 +71,33 @@ def ensure_topics(
                 admin.create_topics(new)
             except TopicAlreadyExistsError:
                 log.debug("topic created concurrently: %s", [topic.name for topic in new])
+        _wait_for_leaders(admin, list(partitions), ready_timeout_s)
     finally:
         admin.close()
+
+
+def _without_leader(admin: KafkaAdminClient, names: list[str]) -> list[str]:
+    """The topics that are unknown to the broker or have a partition without a leader."""
+    described = {topic["name"]: topic for topic in admin.describe_topics(names)}
+    return [
+        name
+        for name in names
+        if name not in described
+        or described[name]["error_code"] != 0
+        or not described[name]["partitions"]
+        or any(part["error_code"] != 0 or part["leader_id"] < 0 for part in described[name]["partitions"])
+    ]
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while pending := _without_leader(admin, names):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"topics {pending} have partitions without a leader after {timeout_s:.0f} s: "
+                "check that the brokers are up and can reach each other"
+            )
+        time.sleep(0.1)
 
 
 def delete_topics(bootstrap: str, names: Sequence[str], security: KafkaSecurity = PLAINTEXT) -> None:

@@ -9,10 +9,11 @@ import urllib.request
 from collections import defaultdict
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from pinrec.localstack.processes import pick_port
+from pinrec.stream.topics import delete_topics, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -84,3 +85,19 @@ def test_prometheus_scrapes_a_metric_exposed_by_this_process(services, unique_na
         assert result[0]["metric"]["pinrec_job"] == unique_name
     finally:
         server.shutdown()
+
+
+def test_ensure_topics_returns_when_every_partition_has_a_leader(services, unique_name):
+    """A consumer group that forms right after ensure_topics sees every partition: the group's leader
+    assigns from its metadata, and a topic it does not yet know would leave the members idle."""
+    topics = {f"test.{unique_name}.a": 4, f"test.{unique_name}.b": 1}
+    ensure_topics(services.kafka_bootstrap, topics)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+        described = {topic["name"]: topic for topic in admin.describe_topics(list(topics))}
+        admin.close()
+        for name, count in topics.items():
+            assert sorted(p["partition_index"] for p in described[name]["partitions"]) == list(range(count))
+            assert all(p["leader_id"] >= 0 for p in described[name]["partitions"])
+    finally:
+        delete_topics(services.kafka_bootstrap, list(topics))
