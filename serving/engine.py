@@ -161,6 +161,8 @@ class Recommender:
             max_steps=model.model.config.max_decode_steps,
             max_history=self.settings.max_history,
             max_instances=self.settings.max_instances,
+            max_request_queries=self.settings.max_request_queries,
+            max_request_items=self.settings.max_request_items,
         )
 
     def read_histories(self, requests: list[RecommendRequest]) -> list[RawHistory | None]:

@@ -33,7 +33,7 @@ class ServingMetrics:
         )
         self.requests = Counter(
             "pinrec_requests_total",
-            "Recommendation requests by result (ok, invalid, error)",
+            "Recommendation requests by result (ok, invalid, timeout, error)",
             ["surface", "status"],
             registry=r,
         )
@@ -95,6 +95,10 @@ class ServingMetrics:
     def refused(self, surface: str) -> None:
         """A request that failed validation (HTTP 400 / INVALID_ARGUMENT)."""
         self.requests.labels(surface, "invalid").inc()
+
+    def timed_out(self, surface: str) -> None:
+        """A request not answered within the server's deadline (HTTP 504 / DEADLINE_EXCEEDED)."""
+        self.requests.labels(surface, "timeout").inc()
 
     def failed(self, surface: str) -> None:
         """A valid request whose answer raised."""

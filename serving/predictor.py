@@ -3,7 +3,8 @@
 KServe calls `preprocess` (take the model snapshot, parse and validate against it), `predict` (the answers)
 and `postprocess` (the protocol's response) in turn. Handlers are async: parsing runs on the event loop
 (cheap), the feature read, torch and faiss run on a bounded thread pool so that the loop keeps accepting
-requests.
+requests. A call's deadline starts when it is parsed: past it the caller gets 504 / DEADLINE_EXCEEDED and
+the pool stops working on it at the next instance.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from pinrec.serving.engine import LoadedModel, Recommendation, Recommender
 from pinrec.serving.metrics import ServingMetrics
+from pinrec.serving.refusals import DeadlineExceeded
 from pinrec.serving.request import RecommendRequest, parse_v1, parse_v2
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class ParsedRequest:
     model: LoadedModel  # the snapshot: limits, parsing and inference all use it, whatever swaps meanwhile
     requests: list[RecommendRequest]
     v2: InferRequest | None  # the v2 request (REST or gRPC), answered with tensors; None: a v1 body
+    deadline: float  # time.monotonic() after which the call is abandoned
 
 
 @dataclass(frozen=True)
@@ -57,30 +60,37 @@ class SurfaceModel(Model):
         return self.ready
 
     async def preprocess(self, payload, headers=None) -> ParsedRequest:
+        """Refusals raise InvalidInput; the REST handlers and the gRPC interceptor count and log them."""
         model = self.recommender.current  # once per call: a swap from here on cannot split it
         now_ms = int(time.time() * 1000)
-        try:
-            limits = self.recommender.limits(model)
-            if isinstance(payload, InferRequest):
-                return ParsedRequest(model, [parse_v2(payload, self.surface, limits, now_ms)], payload)
-            if isinstance(payload, dict):
-                return ParsedRequest(model, parse_v1(payload, self.surface, limits, now_ms), None)
-            raise InvalidInput("the request body must be a JSON object")
-        except InvalidInput:
-            self.metrics.refused(self.surface)
-            raise
+        deadline = time.monotonic() + self.recommender.settings.request_timeout_ms / 1000
+        limits = self.recommender.limits(model)
+        if isinstance(payload, InferRequest):
+            return ParsedRequest(model, [parse_v2(payload, self.surface, limits, now_ms)], payload, deadline)
+        if isinstance(payload, dict):
+            return ParsedRequest(model, parse_v1(payload, self.surface, limits, now_ms), None, deadline)
+        raise InvalidInput("the request body must be a JSON object")
 
     def validate(self, parsed: ParsedRequest) -> ParsedRequest:
         return parsed  # preprocess validated it; KServe's own checks are for raw bodies
 
     async def predict(self, parsed: ParsedRequest, headers=None, response_headers=None) -> Answered:
+        work = asyncio.get_running_loop().run_in_executor(self.executor, self.answer, parsed)
         try:
-            answers = await asyncio.get_running_loop().run_in_executor(self.executor, self.answer, parsed)
+            answers = await asyncio.wait_for(work, max(0.0, parsed.deadline - time.monotonic()))
+        except (TimeoutError, DeadlineExceeded):
+            raise DeadlineExceeded(self._late(parsed)) from None
         except Exception:
             self.metrics.failed(self.surface)
             log.exception("request on %s failed", self.surface)
             raise
         return Answered(parsed, answers)
+
+    def _late(self, parsed: ParsedRequest) -> str:
+        return (
+            f"the request was not answered within the server's "
+            f"{self.recommender.settings.request_timeout_ms} ms (--request-timeout-ms)"
+        )
 
     async def postprocess(self, answered: Answered, headers=None, response_headers=None):
         request = answered.parsed.v2
@@ -95,6 +105,8 @@ class SurfaceModel(Model):
         features_seconds = (time.perf_counter() - started) / len(parsed.requests)
         answers = []
         for request, history in zip(parsed.requests, histories, strict=True):
+            if time.monotonic() > parsed.deadline:  # the caller has had its 504: stop spending on it
+                raise DeadlineExceeded(self._late(parsed))
             answer = self.recommender.recommend(parsed.model, request, self.surface, history)
             self.metrics.answered(self.surface, answer, features_seconds)
             answers.append(answer)

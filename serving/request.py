@@ -18,11 +18,12 @@ Only `user_id` or `history` is required. v2 tensors: user_id, k, steps, now_ms, 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferRequest
+from kserve.protocol.infer_type import InferRequest, deserialize_bytes_tensor
 
 INT64_MAX = 2**63 - 1
 BUDGET_TOLERANCE = 1e-3  # shares must sum to 1 within this
@@ -43,6 +44,8 @@ class Limits:
     max_steps: int
     max_history: int
     max_instances: int
+    max_request_queries: int  # generated queries (steps x outcomes) summed over a call's instances
+    max_request_items: int  # items asked for (k) summed over a call's instances
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,26 @@ def parse_v1(body, surface: str, limits: Limits, now_ms: int) -> list[RecommendR
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("instances must be a non-empty list")
     _list(instances, "instances", limits.max_instances)
-    return [parse_instance(instance, surface, limits, now_ms) for instance in instances]
+    requests = [parse_instance(instance, surface, limits, now_ms) for instance in instances]
+    check_work(requests, limits)
+    return requests
+
+
+def check_work(requests: list[RecommendRequest], limits: Limits) -> None:
+    """Each limit holds per instance; their product over many instances must not: one call may ask for at
+    most max_request_queries generated queries and max_request_items items in all."""
+    queries = sum(r.steps * len(r.outcomes) for r in requests)
+    if queries > limits.max_request_queries:
+        raise InvalidInput(
+            f"instances ask for {queries} generated queries in all (steps x outcomes per instance); at most "
+            f"{limits.max_request_queries} per request: send fewer instances per request or fewer steps"
+        )
+    items = sum(r.k for r in requests)
+    if items > limits.max_request_items:
+        raise InvalidInput(
+            f"instances ask for {items} items in all (the sum of k); at most {limits.max_request_items} per "
+            "request: send fewer instances per request or a smaller k"
+        )
 
 
 # --- Open Inference Protocol v2 ------------------------------------------------------------------------
@@ -213,8 +235,98 @@ V2_TYPES = {
 }
 
 
+INT_RANGES = {name: (int(np.iinfo(name.lower()).min), int(np.iinfo(name.lower()).max)) for name in INT_TYPES}
+
+
+def shape_size(name: str, shape) -> int:
+    """How many values a tensor of this declared shape holds."""
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise InvalidInput(f"input {name} must have a shape of non-negative integers, got {shape!r:.60}")
+    return math.prod(int(n) for n in shape)
+
+
+def _flat(data, name: str) -> list:
+    """The elements of JSON tensor data in row-major order (the protocol allows nested lists)."""
+    if not isinstance(data, list | tuple):
+        raise InvalidInput(f"input {name} data must be a list, got {type(data).__name__}")
+    flat: list = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list | tuple):
+                stack.append(iter(value))
+                break
+            flat.append(value)
+        else:
+            stack.pop()
+    return flat
+
+
+def _checked_element(value, datatype: str, name: str, position: int):
+    """One JSON/gRPC element of a tensor, refused unless its type is the declared datatype's: no silent
+    float-to-int, string-to-number or bool-to-int conversion."""
+    where = f"input {name}[{position}]"
+    if datatype in INT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise InvalidInput(
+                f"{where} must be an integer ({datatype}), got {type(value).__name__} {value!r:.40}"
+            )
+        low, high = INT_RANGES[datatype]
+        if not low <= int(value) <= high:
+            raise InvalidInput(f"{where} does not fit {datatype}: {value}")
+        return int(value)
+    if datatype in FLOAT_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise InvalidInput(
+                f"{where} must be a number ({datatype}), got {type(value).__name__} {value!r:.40}"
+            )
+        if not math.isfinite(value):
+            raise InvalidInput(f"{where} must be a finite number, got {value}")
+        return float(value)
+    if isinstance(value, bytes):  # BYTES: gRPC and binary data give bytes, JSON gives strings
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where} is not valid UTF-8") from None
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where} must be a string (BYTES), got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _fixed_dtype(datatype: str) -> np.dtype:
+    """The little-endian numpy type of a fixed-size v2 datatype (INT64, FP32, ...)."""
+    return np.dtype(datatype.lower().replace("fp", "float")).newbyteorder("<")
+
+
+def check_binary_size(name: str, datatype: str, size: int, nbytes: int) -> None:
+    """Binary data of a fixed-size datatype must hold exactly `size` elements (BYTES is checked when its
+    length prefixes are read)."""
+    if datatype == "BYTES" or datatype not in INT_TYPES | FLOAT_TYPES:
+        return
+    needed = size * _fixed_dtype(datatype).itemsize
+    if nbytes != needed:
+        raise InvalidInput(
+            f"input {name} has {nbytes} bytes of binary data; {size} {datatype} values need {needed}"
+        )
+
+
+def _raw_elements(tensor, size: int) -> list:
+    """The elements of a tensor sent as binary data (REST binary extension, gRPC raw_input_contents)."""
+    raw = tensor._raw_data  # kserve keeps binary tensor data here
+    if tensor.datatype != "BYTES":
+        check_binary_size(tensor.name, tensor.datatype, size, len(raw))
+        return np.frombuffer(raw, dtype=_fixed_dtype(tensor.datatype)).tolist()
+    try:
+        return deserialize_bytes_tensor(raw).tolist()
+    except struct.error:
+        raise InvalidInput(f"input {tensor.name}: a BYTES length prefix runs past the data") from None
+
+
 def _tensor_values(tensor) -> list:
-    """The flat values of a v2 input tensor, checked against its declared type and shape."""
+    """The flat values of a v2 input tensor, each checked against the declared datatype, their count
+    against the declared shape."""
     name = tensor.name
     if name not in V2_TYPES:
         raise InvalidInput(f"input {name!r:.40} is unknown; known inputs: {', '.join(sorted(V2_TYPES))}")
@@ -222,20 +334,16 @@ def _tensor_values(tensor) -> list:
         raise InvalidInput(
             f"input {name} must have datatype {'/'.join(sorted(V2_TYPES[name]))}, got {tensor.datatype}"
         )
-    try:
-        if tensor.datatype == "BYTES":
-            values = [
-                v.decode() if isinstance(v, bytes) else v for v in tensor.as_numpy().reshape(-1).tolist()
-            ]
-        else:
-            array = tensor.as_numpy().reshape(-1)
-            if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise InvalidInput(f"input {name} must hold finite numbers")
-            values = array.tolist()
-    except InvalidInput:
-        raise
-    except Exception as error:  # wrong element types, data that does not fit the shape, bad UTF-8
-        raise InvalidInput(f"input {name} does not match its datatype and shape: {error}") from None
+    size = shape_size(name, tensor.shape)
+    if getattr(tensor, "_raw_data", None) is not None:
+        elements = _raw_elements(tensor, size)
+    else:
+        elements = _flat(tensor.data, name)
+    if len(elements) != size:
+        raise InvalidInput(
+            f"input {name} has {len(elements)} values but its shape {tensor.shape} holds {size}"
+        )
+    values = [_checked_element(v, tensor.datatype, name, i) for i, v in enumerate(elements)]
     if name in SCALARS and len(values) != 1:
         raise InvalidInput(f"input {name} must hold exactly one value, got {len(values)}")
     return values
@@ -266,4 +374,6 @@ def parse_v2(request: InferRequest, surface: str, limits: Limits, now_ms: int) -
     history = {key: tensors[f"history_{key}"] for key in HISTORY_FIELDS if f"history_{key}" in tensors}
     if history:
         instance["history"] = history
-    return parse_instance(instance, surface, limits, now_ms)
+    request = parse_instance(instance, surface, limits, now_ms)
+    check_work([request], limits)
+    return request

@@ -12,7 +12,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, start_http_server
 
 from pinrec.serving.engine import LoadedModel, Recommender
 from pinrec.serving.metrics import ServingMetrics
@@ -125,19 +125,23 @@ def build(settings: ServeSettings, metrics: ServingMetrics) -> tuple[Recommender
 
 def serve(settings: ServeSettings, metrics: ServingMetrics | None = None) -> None:
     """Runs until the server stops. Metrics go on prometheus_client's default registry unless given: that
-    is the one KServe's /metrics exposes."""
-    from kserve import ModelServer
+    is the one KServe's /metrics exposes (and the metrics port, when there is one)."""
+    from pinrec.serving.model_server import GuardedModelServer
 
     metrics = metrics or ServingMetrics(REGISTRY)
     recommender, models = build(settings, metrics)
     watcher = ArtifactWatcher(settings.artifacts, recommender, settings.watch_interval_s, metrics)
     watcher.start()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     log.info(
-        "serving %s (%s) on http :%d and grpc :%d",
+        "serving %s (%s) on %s: http :%d, grpc :%d%s",
         ", ".join(m.name for m in models),
         recommender.current.version,
+        settings.host,
         settings.http_port,
         settings.grpc_port,
+        f", metrics :{settings.metrics_port}" if settings.metrics_port else "",
     )
-    ModelServer(http_port=settings.http_port, grpc_port=settings.grpc_port, workers=1).start(models)
+    GuardedModelServer(settings, metrics).start(models)
     watcher.stopped.set()

@@ -84,9 +84,9 @@ def store_sequences(data: PreparedData, features: FeatureStoreSettings, users: i
     return [s.user_id for s in sequences]
 
 
-def start_server(served: Served, env: dict[str, str], log_path: Path) -> None:
+def start_server(served: Served, env: dict[str, str], log_path: Path, extra: tuple[str, ...] = ()) -> None:
     arguments = ["serve", "--artifacts", str(served.artifacts), "--repo", str(served.features.repo_dir)]
-    arguments += ["--online-store", "sqlite", "--watch-interval", "0.5"]
+    arguments += ["--online-store", "sqlite", "--watch-interval", "0.5", *extra]
     server = launch("pinrec.cli", arguments, log_path, env=env)
     served.process, served.http, served.grpc = server, server.http, server.grpc
 

@@ -1,7 +1,8 @@
 """The Kubernetes packaging, checked offline: scripts/k8s-validate.sh passes on the chart (helm lint and
 template with every values file, kubeconform -strict against local schemas, promtool, shellcheck), it fails
-on an invalid object, the chart refuses more consumers than partitions, and the dashboard and the alerts only
-query metrics that the code exports."""
+on an invalid object, the chart refuses more consumers than partitions, the predictor listens on every
+interface with its deadline and size limit, only listed callers reach its API and Prometheus only its metrics
+port, and the dashboard and the alerts only query metrics that the code exports."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 import tomllib
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -39,11 +41,19 @@ def run_validation(*args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
-def helm_template(*sets: str) -> subprocess.CompletedProcess:
+def helm_template(*sets: str, set_json: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     command = [str(TOOLS["helm"]), "template", "pinrec", str(CHART), "--kube-version", KUBE_VERSION]
     for value in sets:
         command += ["--set", value]
+    for value in set_json:
+        command += ["--set-json", value]
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def helm_objects(*sets: str) -> list[dict]:
+    result = helm_template(*sets)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +110,112 @@ def test_consumers_are_bounded_by_partitions(replicas: int, accepted: bool) -> N
     assert (result.returncode == 0) == accepted, result.stderr
     if not accepted:
         assert "consumer.replicas (4) must not exceed kafka.topics.events.partitions (3)" in result.stderr
+
+
+def the_object(docs: list[dict], kind: str, name: str = "pinrec") -> dict:
+    return next(doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name)
+
+
+def predictor_container(docs: list[dict]) -> dict:
+    isvc = the_object(docs, "InferenceService")
+    return next(c for c in isvc["spec"]["predictor"]["containers"] if c["name"] == "kserve-container")
+
+
+def flag_values(args: list[str]) -> dict[str, str]:
+    """`--flag value` pairs of a container's args (flags without a value are left out)."""
+    return {
+        flag: value for flag, value in pairwise(args) if flag.startswith("--") and not value.startswith("--")
+    }
+
+
+def predictor_policy_rules(docs: list[dict]) -> list[dict]:
+    return the_object(docs, "NetworkPolicy", "pinrec-predictor")["spec"]["ingress"]
+
+
+def rule_ports(rule: dict) -> set[int]:
+    return {port["port"] for port in rule["ports"]}
+
+
+def test_predictor_listens_on_every_interface_with_a_deadline_and_a_size_limit(
+    validation: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    _, out = validation
+    flags = flag_values(predictor_container(rendered(out, "default"))["args"])
+    assert flags["--host"] == "0.0.0.0"
+    assert (flags["--http-port"], flags["--grpc-port"], flags["--metrics-port"]) == ("8080", "8081", "8082")
+    assert flags["--request-timeout-ms"] == "10000"
+    assert flags["--max-request-bytes"] == "4194304"  # an integer, not Helm's float 4.194304e+06
+
+    docs = helm_objects(
+        "predictor.metricsPort=9095", "predictor.requestTimeoutMs=2500", "predictor.maxRequestBytes=16777216"
+    )
+    container = predictor_container(docs)
+    flags = flag_values(container["args"])
+    assert (flags["--metrics-port"], flags["--request-timeout-ms"], flags["--max-request-bytes"]) == (
+        "9095",
+        "2500",
+        "16777216",
+    )
+    assert {"name": "metrics", "containerPort": 9095, "protocol": "TCP"} in container["ports"]
+
+
+@pytest.mark.parametrize("values", ["default", "kind", "production"])
+def test_predictor_network_policy_admits_listed_callers_and_prometheus_on_metrics_only(
+    validation: tuple[subprocess.CompletedProcess, Path], values: str
+) -> None:
+    _, out = validation
+    rules = predictor_policy_rules(rendered(out, values))
+    peers = [peer for rule in rules for peer in rule["from"]]
+    assert peers and all(selector.get("matchLabels") for peer in peers for selector in peer.values()), (
+        f"a peer selects every pod or namespace: {peers}"
+    )
+    prometheus = [
+        rule for rule in rules if any("namespaceSelector" in p and "podSelector" in p for p in rule["from"])
+    ]
+    assert [rule_ports(rule) for rule in prometheus] == [{8082}]
+    api = [rule for rule in rules if rule_ports(rule) & {8080, 8081}]
+    assert [rule_ports(rule) for rule in api] == [{8080, 8081}]
+
+
+def test_predictor_network_policy_defaults_to_labelled_client_pods(
+    validation: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    _, out = validation
+    api = [rule for rule in predictor_policy_rules(rendered(out, "default")) if 8080 in rule_ports(rule)]
+    assert api[0]["from"] == [{"podSelector": {"matchLabels": {"pinrec.io/predictor-client": "true"}}}]
+
+
+def test_predictor_network_policy_without_callers_admits_nobody_to_the_api() -> None:
+    docs = helm_objects(
+        "networkPolicy.predictor.allowedPods=null", "networkPolicy.predictor.allowedNamespaces=null"
+    )
+    assert [rule_ports(rule) for rule in predictor_policy_rules(docs)] == [{8082}]
+
+
+@pytest.mark.parametrize("key", ["allowedPods", "allowedNamespaces"])
+def test_predictor_network_policy_refuses_a_selector_of_everything(key: str) -> None:
+    result = helm_template(set_json=(f"networkPolicy.predictor.{key}=[{{}}]",))
+    assert result.returncode != 0
+    assert f"/networkPolicy/predictor/{key}/0" in result.stderr
+
+
+def test_predictor_metrics_port_must_not_be_an_api_port() -> None:
+    result = helm_template("predictor.metricsPort=8081")
+    assert result.returncode != 0
+    assert "predictor.metricsPort must differ from the predictor's API ports" in result.stderr
+
+
+def test_pod_monitor_scrapes_the_predictor_metrics_port(
+    validation: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    _, out = validation
+    docs = rendered(out, "production")
+    monitor = the_object(docs, "PodMonitor", "pinrec-predictor")
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["podMetricsEndpoints"]] == [
+        ("metrics", "/metrics")
+    ]
+    ports = {port["name"]: port["containerPort"] for port in predictor_container(docs)["ports"]}
+    assert ports == {"http1": 8080, "h2c": 8081, "metrics": 8082}
 
 
 PROMQL_KEYWORDS = {

@@ -18,8 +18,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "at a symlink and re-point it to swap to a new artifact while serving.",
     )
     serve.add_argument("--artifacts", type=Path, required=True, help="artifact directory (or a symlink)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every interface, as in "
+        "a container)",
+    )
     serve.add_argument("--http-port", type=int, default=8080, help="REST port (default 8080)")
     serve.add_argument("--grpc-port", type=int, default=8081, help="gRPC port (default 8081)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="also serve /metrics alone on this port, for a network policy that admits Prometheus there only "
+        "(default 0: none; the REST port always has /metrics)",
+    )
     serve.add_argument("--surface", action="append", help="serve only these surfaces (repeatable)")
     serve.add_argument(
         "--feature-store",
@@ -34,6 +47,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--inference-threads", type=int, default=0, help="inferences at once (default: one per CPU)"
     )
     serve.add_argument("--watch-interval", type=float, default=2.0, help="seconds between artifact checks")
+    serve.add_argument(
+        "--request-timeout-ms",
+        type=int,
+        default=10_000,
+        help="a request still unanswered after this many ms gets 504 (gRPC DEADLINE_EXCEEDED); default 10000",
+    )
+    serve.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="larger REST bodies get 413 before they are read, larger gRPC messages RESOURCE_EXHAUSTED "
+        "(default 4 MiB)",
+    )
     add_store_options(serve)
     serve.set_defaults(handler=run_serve)
 
@@ -47,14 +73,18 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     serve(
         ServeSettings(
             artifacts=args.artifacts,
+            host=args.host,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
             features=features,
             surfaces=tuple(args.surface or ()),
             default_steps=args.default_steps,
             max_k=args.max_k,
             workers=args.inference_threads,
             watch_interval_s=args.watch_interval,
+            request_timeout_ms=args.request_timeout_ms,
+            max_request_bytes=args.max_request_bytes,
         )
     )
     return 0

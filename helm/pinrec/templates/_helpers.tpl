@@ -294,4 +294,7 @@ so it never appears in the rendered manifest. */}}
 {{- if gt (int .Values.predictor.minReplicas) (int .Values.predictor.maxReplicas) -}}
 {{- fail "predictor.minReplicas must not exceed predictor.maxReplicas" -}}
 {{- end -}}
+{{- if has (int .Values.predictor.metricsPort) (list 8080 8081) -}}
+{{- fail "predictor.metricsPort must differ from the predictor's API ports 8080 (REST) and 8081 (gRPC)" -}}
+{{- end -}}
 {{- end -}}
