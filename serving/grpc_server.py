@@ -22,7 +22,13 @@ from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from pinrec.serving.refusals import DeadlineExceeded, Refusals, RepositoryDisabled
+from pinrec.serving.refusals import (
+    DeadlineExceeded,
+    NotServed,
+    Refusals,
+    RepositoryDisabled,
+    versions_not_served,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,7 @@ STATUS = {  # refusals and unavailability: the caller's or the moment's, logged 
     DeadlineExceeded: StatusCode.DEADLINE_EXCEEDED,
     RepositoryDisabled: StatusCode.PERMISSION_DENIED,
     ModelNotFound: StatusCode.NOT_FOUND,
+    NotServed: StatusCode.NOT_FOUND,
     ModelNotReady: StatusCode.UNAVAILABLE,
     ServerNotReady: StatusCode.UNAVAILABLE,
     ServerNotLive: StatusCode.UNAVAILABLE,
@@ -64,6 +71,11 @@ class RefusalsToStatus(AsyncExceptionToStatusInterceptor):
 
 class GuardedServicer(InferenceServicer):
     """KServe's servicer without the model repository extension (any caller could unload a surface)."""
+
+    async def ModelInfer(self, request, context):
+        if request.model_version:
+            raise versions_not_served(request.model_name, request.model_version)
+        return await super().ModelInfer(request, context)
 
     async def RepositoryModelLoad(self, request, context):
         raise self._refusal(request.model_name)

@@ -36,6 +36,17 @@ class RepositoryDisabled(Exception):
         )
 
 
+class NotServed(Exception):
+    """A KServe endpoint or field this server does not offer (HTTP 404, gRPC NOT_FOUND)."""
+
+
+def versions_not_served(model_name: str, version: str) -> NotServed:
+    return NotServed(
+        f"model versions are not served (asked for {model_name} version {version!r:.40}): ask {model_name} "
+        "without a version; the answer names the served artifact's version"
+    )
+
+
 def inference_model(path: str) -> str | None:
     """The model an inference path names (None for other paths)."""
     match = _INFERENCE_PATH.match(path)

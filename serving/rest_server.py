@@ -22,8 +22,16 @@ from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import RESTServer, metrics_handler
 from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pinrec.serving.refusals import DeadlineExceeded, Refusals, RepositoryDisabled, inference_model
+from pinrec.serving.refusals import (
+    DeadlineExceeded,
+    NotServed,
+    Refusals,
+    RepositoryDisabled,
+    inference_model,
+    versions_not_served,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +150,15 @@ class GuardedRESTServer(RESTServer):
             app.add_api_route(
                 f"{REPOSITORY_PREFIX}models/{{model_name}}/{action}", self._repository, methods=["POST"]
             )
+        # Explanations and model versions are not served: 404 saying so, not KServe's 501.
+        app.add_api_route("/v1/models/{model_name}:explain", self._no_explainer, methods=["POST"])
+        versioned = "/v2/models/{model_name}/versions/{model_version}"
+        for path, methods in (
+            (versioned, ["GET"]),
+            (f"{versioned}/ready", ["GET"]),
+            (f"{versioned}/infer", ["POST"]),
+        ):
+            app.add_api_route(path, self._no_versions, methods=methods)
         register_v1_endpoints(app, self.dataplane, None)
         register_v2_endpoints(app, self.dataplane, None)
 
@@ -149,6 +166,12 @@ class GuardedRESTServer(RESTServer):
         if model_name not in self.dataplane.model_registry.get_models():
             raise ModelNotFound(model_name)
         raise RepositoryDisabled(model_name)
+
+    async def _no_explainer(self, model_name: str) -> None:
+        raise NotServed(f"{model_name} has no explainer: ask /v1/models/{model_name}:predict")
+
+    async def _no_versions(self, model_name: str, model_version: str) -> None:
+        raise versions_not_served(model_name, model_version)
 
     def _add_exception_handlers(self, app: fastapi.FastAPI) -> None:
         refusals = self.refusals
@@ -169,6 +192,13 @@ class GuardedRESTServer(RESTServer):
 
             return handler
 
+        async def http_error(request: fastapi.Request, error: StarletteHTTPException) -> JSONResponse:
+            if error.status_code < 500 and (model := inference_model(request.url.path)):
+                refusals.invalid(model, error.detail)
+            return JSONResponse(
+                {"error": str(error.detail)}, status_code=error.status_code, headers=error.headers
+            )
+
         async def failed(request: fastapi.Request, error: Exception) -> JSONResponse:
             log.error("%s %s failed", request.method, request.url.path, exc_info=error)
             return _error(HTTPStatus.INTERNAL_SERVER_ERROR, "internal server error; see the server's log")
@@ -178,6 +208,8 @@ class GuardedRESTServer(RESTServer):
         app.add_exception_handler(DeadlineExceeded, timed_out)
         app.add_exception_handler(RepositoryDisabled, plain(HTTPStatus.FORBIDDEN))
         app.add_exception_handler(ModelNotFound, plain(HTTPStatus.NOT_FOUND))
+        app.add_exception_handler(NotServed, plain(HTTPStatus.NOT_FOUND))
+        app.add_exception_handler(StarletteHTTPException, http_error)
         for unavailable in (ModelNotReady, ServerNotReady, ServerNotLive):
             app.add_exception_handler(unavailable, plain(HTTPStatus.SERVICE_UNAVAILABLE))
         app.add_exception_handler(NotImplementedError, plain(HTTPStatus.NOT_IMPLEMENTED))

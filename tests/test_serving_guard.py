@@ -310,3 +310,28 @@ def test_the_server_listens_on_loopback_only_by_default(served):
     for address in (served.http.rsplit(":", 1)[1], served.grpc.rsplit(":", 1)[1]):
         with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.2", int(address)), 2):
             pass
+
+
+def test_endpoints_not_offered_are_404_not_5xx(served):
+    v2 = {"inputs": [_tensor("user_id", "INT64", [served.users[0]])]}
+    calls = [
+        ("post", "/v1/models/home:explain", {"instances": [{"user_id": 1}]}),
+        ("post", "/v2/models/home/versions/3/infer", v2),
+        ("get", "/v2/models/home/versions/3", None),
+        ("get", "/v2/models/home/versions/3/ready", None),
+    ]
+    for method, path, body in calls:
+        response = getattr(requests, method)(served.http + path, json=body, timeout=30)
+        assert response.status_code == 404, (path, response.text)
+    versioned = grpc_request("home", {"user_id": served.users[0]})
+    versioned.model_version = "3"
+    with pytest.raises(grpc.RpcError) as missing:
+        grpc_stub(served.grpc).ModelInfer(versioned, timeout=30)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_body_too_deep_to_parse_is_400_with_an_error_field(served):
+    deep = b'{"inputs": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    for path in ("/v2/models/home/infer", "/v1/models/home:predict"):
+        response = requests.post(served.http + path, data=deep, timeout=30)
+        assert response.status_code == 400 and "error" in response.json()
