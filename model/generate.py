@@ -188,21 +188,73 @@ class Retrieved:
         return self.unique_fetched / self.fetched if self.fetched else 0.0
 
 
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]  # (vectors, depth) -> scores, items
+
+
+def _depth(planned: list[PlannedQuery], total: int, seen: np.ndarray, overfetch: float) -> int:
+    """How deep each query of a request searches first: its largest quota, over-fetched, plus the seen."""
+    quotas = _round_budgets([q.budget for q in planned], total)
+    return int(math.ceil(max(quotas, default=0) * overfetch)) + len(seen)
+
+
+class Searches:
+    """One index search for the queries of several requests (faiss spreads a batch over its threads); each
+    request then reads its own rows, as deep as it asked, from `searches[i]`; a deeper search than the
+    shared one goes to the index alone."""
+
+    def __init__(
+        self,
+        index: ItemIndex,
+        plans: list[list[PlannedQuery]],  # per request
+        totals: list[int],  # per request: its k
+        seen: list[np.ndarray],  # per request: the items it never returns
+        overfetch: float,
+    ) -> None:
+        self.index = index
+        requests = zip(plans, totals, seen, strict=True)
+        depths = [_depth(plan, total, items, overfetch) for plan, total, items in requests]
+        self.depth = max(max(depths, default=1), 1)
+        vectors = [np.stack([q.vector for q in plan]) for plan in plans]
+        self.bounds = np.cumsum([0] + [len(v) for v in vectors])
+        self.scores, self.found = index.search(np.concatenate(vectors), self.depth)
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, request: int) -> Search:
+        if not 0 <= request < len(self):
+            raise IndexError(request)
+        rows = slice(self.bounds[request], self.bounds[request + 1])
+
+        def search(vectors: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+            if depth > self.depth:
+                return self.index.search(vectors, depth)
+            return self.scores[rows, :depth], self.found[rows, :depth]
+
+        return search
+
+
 def retrieve(
-    index: ItemIndex, planned: list[PlannedQuery], total: int, seen: np.ndarray, overfetch: float
+    index: ItemIndex,
+    planned: list[PlannedQuery],
+    total: int,
+    seen: np.ndarray,
+    overfetch: float,
+    search: Search | None = None,  # the index's search, or a batch's (Searches) that already ran
 ) -> Retrieved:
     """Each query contributes its budget of unseen items (rounded so that the budgets sum to total). The
     queries take turns rank by rank; an item another query already took is skipped and the query goes on
     down its over-fetched list, so duplicates do not shrink the answer below total while the over-fetch
     lasts. The list is ordered by score."""
+    search = search or index.search
     quotas = _round_budgets([q.budget for q in planned], total)
     vectors = np.stack([q.vector for q in planned])
-    depth = int(math.ceil(max(quotas, default=0) * overfetch)) + len(seen)
-    ranked, taken = _take_turns(index, vectors, quotas, seen, depth)
+    depth = _depth(planned, total, seen, overfetch)
+    ranked, taken = _take_turns(search, vectors, quotas, seen, depth)
     if len(taken) < total and depth < total + len(seen):
         # Queries so alike that the over-fetch ran out: a list of total + seen items per query always
         # leaves each query enough fresh items for its quota.
-        ranked, taken = _take_turns(index, vectors, quotas, seen, total + len(seen))
+        ranked, taken = _take_turns(search, vectors, quotas, seen, total + len(seen))
     # Diversity: how much the queries' own top-quota lists overlap (before the turns fill the gaps).
     own = [np.asarray(items[:q], dtype=np.int64) for (items, _), q in zip(ranked, quotas, strict=True)]
     all_fetched = np.concatenate(own) if own else np.zeros(0, dtype=np.int64)
@@ -217,10 +269,10 @@ def retrieve(
     )
 
 
-def _take_turns(index: ItemIndex, vectors: np.ndarray, quotas: list[int], seen: np.ndarray, depth: int):
+def _take_turns(search: Search, vectors: np.ndarray, quotas: list[int], seen: np.ndarray, depth: int):
     """Each query's unseen items of its top `depth` (ranked lists), and the items taken in turns rank by
     rank until every query has its quota or its list ran out: item -> (score, query)."""
-    scores, found = index.search(vectors, max(depth, 1))
+    scores, found = search(vectors, max(depth, 1))
     fresh = (found > 0) & ~np.isin(found, seen)
     ranked = [(found[i][fresh[i]].tolist(), scores[i][fresh[i]].tolist()) for i in range(len(vectors))]
     taken: dict[int, tuple[float, int]] = {}

@@ -19,7 +19,7 @@ from pinrec.featurestore.schema import UserSequence
 from pinrec.model.artifacts import Artifact, load_artifact
 from pinrec.model.data.contexts import context_vectors
 from pinrec.model.data.sequences import HistoryBatch, item_indices
-from pinrec.model.generate import generate_queries, plan_queries, retrieve
+from pinrec.model.generate import Searches, generate_queries, plan_queries, retrieve
 from pinrec.serving.request import Limits, RawHistory, RecommendRequest
 from pinrec.serving.settings import ServeSettings
 
@@ -52,6 +52,34 @@ class IndexedHistory:
     actions: np.ndarray  # action codes
     surfaces: np.ndarray  # surface codes
     times_ms: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a request's answer starts from: its history in the artifact's terms, its context token, the
+    items it must not return and its request time."""
+
+    history: IndexedHistory | None
+    context: torch.Tensor | None  # (C,)
+    seen: np.ndarray  # catalog indices never returned: the history's items and the subject item
+    now_ms: int
+    staleness_s: float | None  # request time minus the newest history event
+
+    @property
+    def items(self) -> np.ndarray:
+        return self.history.items if self.history is not None else np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def of(cls, model: LoadedModel, request: RecommendRequest, history: RawHistory | None) -> _Prepared:
+        now_ms = request.now_ms if request.now_ms is not None else int(time.time() * 1000)
+        indexed, staleness = None, None
+        if history is not None and len(history.item_ids):
+            staleness = max(0.0, (now_ms - int(history.times_ms[-1])) / 1000)
+            indexed = model.indexed(history)
+        seen = indexed.items if indexed is not None else np.zeros(0, dtype=np.int64)
+        if request.subject_item_id is not None:
+            seen = np.append(seen, model.index_of(np.array([request.subject_item_id])))
+        return cls(indexed, model.context_vector(request), seen, now_ms, staleness)
 
 
 @dataclass(frozen=True)
@@ -179,71 +207,109 @@ class Recommender:
         self, model: LoadedModel, request: RecommendRequest, surface: str, history: RawHistory | None
     ) -> Recommendation:
         """The answer of `model` (the request's snapshot, or a new artifact warming up) to one request."""
-        started = time.perf_counter()
-        now_ms = request.now_ms if request.now_ms is not None else int(time.time() * 1000)
-        timings: dict[str, float] = {}
-        indexed = None
-        items = np.zeros(0, dtype=np.int64)
-        staleness = None
-        if history is not None and len(history.item_ids):
-            staleness = max(0.0, (now_ms - int(history.times_ms[-1])) / 1000)
-            indexed = model.indexed(history)
-            items = indexed.items
-        context = model.context_vector(request)
-        seen = items
-        if request.subject_item_id is not None:
-            seen = np.append(items, model.index_of(np.array([request.subject_item_id])))
-        if not len(items) and context is None:
-            found = self._popular(model, request, seen)
-        else:
-            found = self._generate(model, request, surface, indexed, context, now_ms, seen, timings)
-        item_ids = model.artifact.item_ids[found.items - 1]
-        distance = pairwise_distance(model.item_vectors[found.items])
-        timings["total"] = time.perf_counter() - started
-        return Recommendation(
-            item_ids=item_ids,
-            scores=found.scores,
-            outcomes=found.outcomes,
-            steps=found.steps,
-            cold_start=not len(items),
-            context_used=context is not None,
-            model_version=model.version,
-            unique_share=found.unique_share,
-            pairwise_distance=distance,
-            staleness_s=staleness,
-            timings=timings,
-        )
+        return self.recommend_many(model, [request], surface, [history])[0]
 
-    def _generate(self, model, request, surface, history, context, now_ms, seen, timings) -> Candidates:
+    def recommend_many(
+        self,
+        model: LoadedModel,
+        requests: list[RecommendRequest],
+        surface: str,
+        histories: list[RawHistory | None],
+    ) -> list[Recommendation]:
+        """The answers to several requests of one surface at once: requests that generate alike (same
+        outcomes, steps, with or without context) share one prefill, one decode and one index search; each
+        answer equals the one `recommend` gives alone. Stage timings are the shared stages' times."""
+        started = time.perf_counter()
+        prepared = [_Prepared.of(model, r, h) for r, h in zip(requests, histories, strict=True)]
+        found: list[Candidates | None] = [None] * len(requests)
+        timings: list[dict[str, float]] = [{} for _ in requests]
+        groups: dict[tuple, list[int]] = {}
+        for row, (request, p) in enumerate(zip(requests, prepared, strict=True)):
+            if not len(p.items) and p.context is None:
+                found[row] = self._popular(model, request, p.seen)
+            else:
+                groups.setdefault((request.outcomes, request.steps, p.context is None), []).append(row)
+        for rows in groups.values():
+            shared: dict[str, float] = {}
+            answers = self._generate(
+                model, [requests[r] for r in rows], surface, [prepared[r] for r in rows], shared
+            )
+            for row, answer in zip(rows, answers, strict=True):
+                found[row], timings[row] = answer, dict(shared)
+        answers = []
+        for p, candidates, stage_times in zip(prepared, found, timings, strict=True):
+            stage_times["total"] = time.perf_counter() - started
+            answers.append(
+                Recommendation(
+                    item_ids=model.artifact.item_ids[candidates.items - 1],
+                    scores=candidates.scores,
+                    outcomes=candidates.outcomes,
+                    steps=candidates.steps,
+                    cold_start=not len(p.items),
+                    context_used=p.context is not None,
+                    model_version=model.version,
+                    unique_share=candidates.unique_share,
+                    pairwise_distance=pairwise_distance(model.item_vectors[candidates.items]),
+                    staleness_s=p.staleness_s,
+                    timings=stage_times,
+                )
+            )
+        return answers
+
+    def _generate(
+        self,
+        model: LoadedModel,
+        requests: list[RecommendRequest],  # alike: same outcomes and steps, all with or all without context
+        surface: str,
+        prepared: list[_Prepared],
+        timings: dict[str, float],
+    ) -> list[Candidates]:
         surface_code = model.vocabulary.surface_code(surface)
         head = surface if surface in model.model.heads else "shared"
-        batch = _history_batch(history, model.max_len, now_ms)
-        codes = [model.vocabulary.action_code(o) for o in request.outcomes]
+        first = requests[0]
+        batch = _history_batch([p.history for p in prepared], model.max_len, [p.now_ms for p in prepared])
+        codes = [model.vocabulary.action_code(o) for o in first.outcomes]
+        contexts = None if prepared[0].context is None else torch.stack([p.context for p in prepared])
         with torch.no_grad():
             queries = generate_queries(
                 model.model,
                 batch,
                 surface_code,
                 codes,
-                request.steps,
-                torch.tensor([now_ms]),
+                first.steps,
+                torch.tensor([p.now_ms for p in prepared]),
                 head,
-                context=None if context is None else context[None, :],
+                context=contexts,
                 timings=timings,
                 item_table=model.item_vectors,
-            )[0].numpy()
+            ).numpy()  # (B, steps, O, K, C)
         searched = time.perf_counter()
-        planned = plan_queries(queries, codes, list(request.shares), request.k, self.settings.merge_threshold)
-        found = retrieve(model.artifact.index, planned, request.k, seen, self.settings.overfetch)
-        timings["search"] = time.perf_counter() - searched
-        names = model.vocabulary.actions
-        return Candidates(
-            items=found.items,
-            scores=found.scores,
-            outcomes=[names[o] for o in found.outcomes],
-            steps=found.steps,
-            unique_share=found.unique_share,
+        plans = [
+            plan_queries(q, codes, list(r.shares), r.k, self.settings.merge_threshold)
+            for q, r in zip(queries, requests, strict=True)
+        ]
+        searches = Searches(
+            model.artifact.index,
+            plans,
+            [r.k for r in requests],
+            [p.seen for p in prepared],
+            self.settings.overfetch,
         )
+        names = model.vocabulary.actions
+        candidates = []
+        for request, plan, p, search in zip(requests, plans, prepared, searches, strict=True):
+            found = retrieve(model.artifact.index, plan, request.k, p.seen, self.settings.overfetch, search)
+            candidates.append(
+                Candidates(
+                    items=found.items,
+                    scores=found.scores,
+                    outcomes=[names[o] for o in found.outcomes],
+                    steps=found.steps,
+                    unique_share=found.unique_share,
+                )
+            )
+        timings["search"] = time.perf_counter() - searched
+        return candidates
 
     def _popular(self, model: LoadedModel, request: RecommendRequest, seen: np.ndarray) -> Candidates:
         candidates = model.popular[: request.k + len(seen)]
@@ -265,13 +331,17 @@ def default_budget(model: LoadedModel) -> tuple[tuple[str, ...], tuple[float, ..
     return tuple(ordered), tuple(float(mix[o]) for o in ordered)
 
 
-def _history_batch(history: IndexedHistory | None, max_len: int, now_ms: int) -> HistoryBatch:
-    """One left-padded row of the newest max_len events (one padding token when there are none)."""
-    if history is None or not len(history.items):
-        one = torch.zeros(1, 1, dtype=torch.long)
-        return HistoryBatch(one, one.clone(), one.clone(), torch.full((1, 1), now_ms))
-    row = [
-        torch.from_numpy(np.ascontiguousarray(a[-max_len:]))[None, :]
-        for a in (history.items, history.actions, history.surfaces, history.times_ms)
-    ]
-    return HistoryBatch(*row)
+def _history_batch(histories: list[IndexedHistory | None], max_len: int, now_ms: list[int]) -> HistoryBatch:
+    """Rows of the newest max_len events, left-padded to the longest (a row without events: padding at its
+    request time; the model is padding-invariant, so a row answers as it would alone)."""
+    width = max([1] + [min(len(h.items), max_len) for h in histories if h is not None])
+    columns = [np.zeros((len(histories), width), dtype=np.int64) for _ in range(4)]
+    for row, (history, now) in enumerate(zip(histories, now_ms, strict=True)):
+        columns[3][row] = now
+        if history is None or not len(history.items):
+            continue
+        parts = (history.items, history.actions, history.surfaces, history.times_ms)
+        for column, part in zip(columns, parts, strict=True):
+            tail = part[-max_len:]
+            column[row, width - len(tail) :] = tail
+    return HistoryBatch(*(torch.from_numpy(column) for column in columns))

@@ -2,17 +2,15 @@
 
 KServe calls `preprocess` (take the model snapshot, parse and validate against it), `predict` (the answers)
 and `postprocess` (the protocol's response) in turn. Handlers are async: parsing runs on the event loop
-(cheap), the feature read, torch and faiss run on a bounded thread pool so that the loop keeps accepting
-requests. A call's deadline starts when it is parsed: past it the caller gets 504 / DEADLINE_EXCEEDED and
-the pool stops working on it at the next instance.
+(cheap); the feature read, torch and faiss run on the batcher's inference threads, which answer concurrent
+requests together, so that the loop keeps accepting requests. A call's deadline starts when it is parsed:
+past it the caller gets 504 / DEADLINE_EXCEEDED, and its instances still queued are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,12 +18,10 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from pinrec.serving.batcher import Batcher
 from pinrec.serving.engine import LoadedModel, Recommendation, Recommender
-from pinrec.serving.metrics import ServingMetrics
 from pinrec.serving.refusals import DeadlineExceeded
 from pinrec.serving.request import RecommendRequest, parse_v1, parse_v2
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -45,14 +41,11 @@ class Answered:
 
 
 class SurfaceModel(Model):
-    def __init__(
-        self, surface: str, recommender: Recommender, executor: Executor, metrics: ServingMetrics
-    ) -> None:
+    def __init__(self, surface: str, recommender: Recommender, batcher: Batcher) -> None:
         super().__init__(surface)
         self.surface = surface
         self.recommender = recommender
-        self.executor = executor
-        self.metrics = metrics
+        self.batcher = batcher
         self.ready = True
 
     def load(self) -> bool:
@@ -75,42 +68,28 @@ class SurfaceModel(Model):
         return parsed  # preprocess validated it; KServe's own checks are for raw bodies
 
     async def predict(self, parsed: ParsedRequest, headers=None, response_headers=None) -> Answered:
-        work = asyncio.get_running_loop().run_in_executor(self.executor, self.answer, parsed)
+        futures = [
+            asyncio.wrap_future(self.batcher.submit(parsed.model, request, self.surface, parsed.deadline))
+            for request in parsed.requests
+        ]
         try:
-            answers = await asyncio.wait_for(work, max(0.0, parsed.deadline - time.monotonic()))
+            answers = await asyncio.wait_for(
+                asyncio.gather(*futures), max(0.0, parsed.deadline - time.monotonic())
+            )
         except (TimeoutError, DeadlineExceeded):
-            raise DeadlineExceeded(self._late(parsed)) from None
-        except Exception:
-            self.metrics.failed(self.surface)
-            log.exception("request on %s failed", self.surface)
-            raise
-        return Answered(parsed, answers)
-
-    def _late(self, parsed: ParsedRequest) -> str:
-        return (
-            f"the request was not answered within the server's "
-            f"{self.recommender.settings.request_timeout_ms} ms (--request-timeout-ms)"
-        )
+            for future in futures:
+                future.cancel()  # instances still queued are dropped
+            raise DeadlineExceeded(
+                f"the request was not answered within the server's "
+                f"{self.recommender.settings.request_timeout_ms} ms (--request-timeout-ms)"
+            ) from None
+        return Answered(parsed, list(answers))
 
     async def postprocess(self, answered: Answered, headers=None, response_headers=None):
         request = answered.parsed.v2
         if request is not None:
             return _v2_response(self.name, request, answered.answers[0])
         return {"predictions": [_v1_prediction(answer) for answer in answered.answers]}
-
-    def answer(self, parsed: ParsedRequest) -> list[Recommendation]:
-        """Runs on the thread pool: one feature-store read for the batch, then one answer per request."""
-        started = time.perf_counter()
-        histories = self.recommender.read_histories(parsed.requests)
-        features_seconds = (time.perf_counter() - started) / len(parsed.requests)
-        answers = []
-        for request, history in zip(parsed.requests, histories, strict=True):
-            if time.monotonic() > parsed.deadline:  # the caller has had its 504: stop spending on it
-                raise DeadlineExceeded(self._late(parsed))
-            answer = self.recommender.recommend(parsed.model, request, self.surface, history)
-            self.metrics.answered(self.surface, answer, features_seconds)
-            answers.append(answer)
-        return answers
 
 
 def _v1_prediction(answer: Recommendation) -> dict:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -89,6 +88,7 @@ def set_threads(torch_threads: int, faiss_threads: int) -> None:
 
 def build(settings: ServeSettings, metrics: ServingMetrics) -> tuple[Recommender, list]:
     """The recommender and one KServe model per surface (everything but the network servers)."""
+    from pinrec.serving.batcher import Batcher
     from pinrec.serving.predictor import SurfaceModel
 
     settings.validate()
@@ -112,15 +112,15 @@ def build(settings: ServeSettings, metrics: ServingMetrics) -> tuple[Recommender
             f"unknown surface(s) {', '.join(unknown)}; "
             f"the artifact has {', '.join(model.vocabulary.surfaces)}"
         )
-    workers = settings.workers or cpus
-    # OpenMP thread counts are per calling thread: set them in every inference thread, not only here.
-    executor = ThreadPoolExecutor(
-        max_workers=workers,
-        thread_name_prefix="inference",
-        initializer=set_threads,
-        initargs=(settings.threads or 1, settings.faiss_threads or cpus),
+    batcher = Batcher(
+        recommender,
+        metrics,
+        workers=settings.workers or cpus,
+        max_batch=settings.max_batch,
+        # OpenMP thread counts are per calling thread: set them in every inference thread, not only here.
+        on_start=lambda: set_threads(settings.threads or 1, settings.faiss_threads or cpus),
     )
-    return recommender, [SurfaceModel(surface, recommender, executor, metrics) for surface in surfaces]
+    return recommender, [SurfaceModel(surface, recommender, batcher) for surface in surfaces]
 
 
 def serve(settings: ServeSettings, metrics: ServingMetrics | None = None) -> None:

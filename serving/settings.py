@@ -31,7 +31,8 @@ class ServeSettings:
     request_timeout_ms: int = 10_000  # a call still unanswered after this gets 504 / DEADLINE_EXCEEDED
     threads: int = 0  # torch intra-op threads; 0 = one
     faiss_threads: int = 0  # faiss threads per search; 0 = one per available CPU
-    workers: int = 0  # inferences that run at once; 0 = one per available CPU
+    workers: int = 0  # inference threads (each answers a batch at a time); 0 = one per available CPU
+    max_batch: int = 16  # requests an inference thread answers at once (those queued when it takes work)
     watch_interval_s: float = 2.0  # how often the artifact path is checked for a new version
     merge_threshold: float = 0.9  # cosine above which two queries merge (method §7)
     overfetch: float = 2.0  # index over-fetch per query
@@ -43,6 +44,7 @@ class ServeSettings:
             "default_steps",
             "max_history",
             "max_instances",
+            "max_batch",
             "max_request_queries",
             "max_request_items",
             "max_request_bytes",

@@ -15,10 +15,12 @@ import pytest
 import requests
 
 from pinrec.featurestore.store import FeatureStoreSettings, SequenceStore, open_store
+from pinrec.serving.batcher import Batcher
 from pinrec.serving.client import grpc_outputs, grpc_request, grpc_stub, rest_v1, rest_v2, v2_outputs
 from pinrec.serving.engine import LoadedModel, Recommender
 from pinrec.serving.metrics import ServingMetrics
 from pinrec.serving.predictor import SurfaceModel
+from pinrec.serving.refusals import DeadlineExceeded
 from pinrec.serving.request import parse_instance
 from pinrec.serving.settings import ServeSettings
 from tests.helpers import cli_env
@@ -97,6 +99,64 @@ def test_answers_equal_the_in_process_recommender(served):
         assert np.allclose([item["score"] for item in answer["items"]], expected.scores, atol=1e-5)
 
 
+def _mixed_requests(served, recommender, model, surface) -> list:
+    """Requests of one surface that batch in different groups and pad differently: stored and explicit
+    histories of several lengths, a cold user, one and two outcomes, 2 and 4 steps."""
+    items = served.data.catalog.item_ids
+    instances = [
+        _instance(served, surface, user_id=served.users[1], steps=4),
+        _instance(served, surface, user_id=served.users[2], steps=4),
+        _instance(served, surface, user_id=served.users[3], steps=2, budget={"save": 1.0}),
+        _instance(served, surface, user_id=987_654_321),  # no history: context or popularity
+        _instance(served, surface, history={"items": [int(items[3]), int(items[9])]}, steps=4),
+        _instance(served, surface, user_id=served.users[4], steps=4, k=7),
+    ]
+    requests = [parse_instance(i, surface, recommender.limits(model), NOW) for i in instances]
+    return requests, recommender.read_histories(requests)
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+def test_requests_answered_together_get_the_answers_they_get_alone(served, surface):
+    model = LoadedModel.load(served.versions[0])
+    recommender = Recommender(
+        ServeSettings(served.artifacts), model, SequenceStore(open_store(served.features))
+    )
+    requests, histories = _mixed_requests(served, recommender, model, surface)
+    together = recommender.recommend_many(model, requests, surface, histories)
+    for request, history, answer in zip(requests, histories, together, strict=True):
+        alone = recommender.recommend(model, request, surface, history)
+        assert answer.item_ids.tolist() == alone.item_ids.tolist()
+        assert answer.outcomes == alone.outcomes and answer.cold_start == alone.cold_start
+        assert np.allclose(answer.scores, alone.scores, atol=1e-5)
+
+
+def test_the_batcher_answers_concurrent_requests_and_drops_late_ones(served):
+    model = LoadedModel.load(served.versions[0])
+    recommender = Recommender(
+        ServeSettings(served.artifacts), model, SequenceStore(open_store(served.features))
+    )
+    requests, histories = _mixed_requests(served, recommender, model, "home")
+    metrics = ServingMetrics()
+    batcher = Batcher(recommender, metrics, workers=2, max_batch=4)
+    try:
+        deadline = time.monotonic() + 60
+        with ThreadPoolExecutor(6) as pool:
+            futures = list(pool.map(lambda r: batcher.submit(model, r, "home", deadline), requests * 3))
+        answers = [future.result(timeout=60) for future in futures]
+        late = batcher.submit(model, requests[0], "home", time.monotonic() - 1)
+        with pytest.raises(DeadlineExceeded):
+            late.result(timeout=60)
+    finally:
+        batcher.stop()
+    for request, history, answer in zip(requests * 3, histories * 3, answers, strict=True):
+        assert (
+            answer.item_ids.tolist()
+            == recommender.recommend(model, request, "home", history).item_ids.tolist()
+        )
+    ok = {"surface": "home", "status": "ok"}
+    assert metrics.registry.get_sample_value("pinrec_requests_total", ok) == len(answers)
+
+
 def test_a_swap_during_a_request_leaves_the_request_on_its_model(served):
     old, new = (LoadedModel.load(path) for path in served.versions[:2])
     sequences = SequenceStore(open_store(served.features))
@@ -110,9 +170,10 @@ def test_a_swap_during_a_request_leaves_the_request_on_its_model(served):
             recommender.swap(new)  # as the artifact watcher does, between parsing and inference
         return (await predictor.postprocess(await predictor.predict(parsed)))["predictions"][0]
 
-    with ThreadPoolExecutor(1) as executor:
-        predictor = SurfaceModel("home", recommender, executor, metrics)
-        during, after = asyncio.run(call(predictor, True)), asyncio.run(call(predictor, False))
+    batcher = Batcher(recommender, metrics, workers=1, max_batch=4)
+    predictor = SurfaceModel("home", recommender, batcher)
+    during, after = asyncio.run(call(predictor, True)), asyncio.run(call(predictor, False))
+    batcher.stop()
     assert (during["model_version"], after["model_version"]) == ("v1", "v2")
     request = parse_instance(body["instances"][0], "home", recommender.limits(old), NOW)
     expected = recommender.recommend(old, request, "home", recommender.read_histories([request])[0])

@@ -99,7 +99,7 @@ def _query_generator(
     from pinrec.model.generate import generate_queries
     from pinrec.serving.engine import _history_batch
 
-    batch = _history_batch(model.indexed(history), model.max_len, int(time.time() * 1000))
+    batch = _history_batch([model.indexed(history)], model.max_len, [int(time.time() * 1000)])
     return partial(
         generate_queries,
         model.model,
