@@ -44,7 +44,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--default-steps", type=int, default=3, help="decode steps when a request names none")
     serve.add_argument("--max-k", type=int, default=1000, help="the largest k a request may ask for")
     serve.add_argument(
-        "--inference-threads", type=int, default=0, help="inferences at once (default: one per CPU)"
+        "--inference-threads",
+        type=int,
+        default=0,
+        help="inference threads, each answering a batch at a time (default: one per CPU)",
+    )
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="requests an inference thread answers together: those queued when it takes work (default 16)",
     )
     serve.add_argument("--watch-interval", type=float, default=2.0, help="seconds between artifact checks")
     serve.add_argument(
@@ -82,6 +91,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
             default_steps=args.default_steps,
             max_k=args.max_k,
             workers=args.inference_threads,
+            max_batch=args.max_batch,
             watch_interval_s=args.watch_interval,
             request_timeout_ms=args.request_timeout_ms,
             max_request_bytes=args.max_request_bytes,
