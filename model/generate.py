@@ -55,7 +55,8 @@ def generate_queries(
     outcome as its action (ours): the subject item's vector on related, the query's vector on search. A
     cold-start user (all padding) is then answered from the context alone."""
     started = time.perf_counter()
-    model.eval()
+    if model.training:  # (switching costs a walk over every module: not on every request)
+        model.eval()
     B = history.items.shape[0]
     offsets = len(model.config.offsets)
     n_outcomes = len(outcomes)
@@ -160,16 +161,25 @@ def merge_similar(planned: list[PlannedQuery], threshold: float) -> list[Planned
     adds its budget to it (earlier steps and larger budgets are kept first, so a merged query keeps the
     label of the earliest, largest one). Queries of different outcomes never merge, so the request's
     outcome split is kept exactly (ours; the paper merges near-duplicates without saying across what)."""
+    if not planned:
+        return []
+    vectors = np.stack([q.vector for q in planned])
+    similarity = vectors @ vectors.T  # (N, N), once
     kept: list[PlannedQuery] = []
-    for query in sorted(planned, key=lambda q: (q.step, -q.budget)):
-        same = [k for k in kept if k.outcome == query.outcome]
-        if same:
-            similarity = np.stack([k.vector for k in same]) @ query.vector
-            best = int(similarity.argmax())
-            if similarity[best] > threshold:
-                same[best].budget += query.budget
+    kept_rows: dict[int, list[int]] = {}  # per outcome: rows of planned that were kept, in kept order
+    kept_of: dict[int, list[PlannedQuery]] = {}
+    for row in sorted(range(len(planned)), key=lambda r: (planned[r].step, -planned[r].budget)):
+        query = planned[row]
+        rows = kept_rows.setdefault(query.outcome, [])
+        if rows:
+            best = int(similarity[row, rows].argmax())
+            if similarity[row, rows[best]] > threshold:
+                kept_of[query.outcome][best].budget += query.budget
                 continue
-        kept.append(PlannedQuery(query.vector, query.budget, query.outcome, query.step))
+        merged = PlannedQuery(query.vector, query.budget, query.outcome, query.step)
+        rows.append(row)
+        kept_of.setdefault(query.outcome, []).append(merged)
+        kept.append(merged)
     return kept
 
 

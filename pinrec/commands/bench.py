@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     serve = kinds.add_parser(
         "serve",
-        help="protocol D: in-process, REST and gRPC latency against a no-op KServe floor, KV speedup",
+        help="protocol D: in-process, REST and gRPC latency against a no-op KServe floor, KV speedup, index "
+        "recall, the highest rate served within a p99 bound",
     )
     serve.add_argument("--artifact", type=Path, help="benchmark this artifact (default: train one)")
     serve.add_argument("--items", type=int, default=1_000_000, help="catalog size of the trained artifact")
@@ -74,6 +75,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--rate", type=float, default=20.0, help="requests/s of the paced phases")
     serve.add_argument(
         "--requests", dest="paced_requests", type=int, default=200, help="requests per paced phase"
+    )
+    serve.add_argument(
+        "--p99-ms",
+        type=float,
+        default=50.0,
+        help="latency bound of the sustained-rate search: the highest open-loop rate with p99 under it "
+        "(default 50)",
+    )
+    serve.add_argument(
+        "--rate-step-seconds", type=float, default=5.0, help="how long each rate of that search is held"
     )
     serve.add_argument("--json", type=Path, help="write the results here")
     serve.set_defaults(handler=run_bench_serve)

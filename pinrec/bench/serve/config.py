@@ -24,5 +24,7 @@ class ServeBenchConfig:
     kv_requests: int = 50
     max_rps_seconds: float = 10.0
     max_rps_clients: int = 4
+    p99_ms: float = 50.0  # the latency bound of the sustained-rate search
+    rate_step_seconds: float = 5.0  # how long each rate of the search is held
     bench_users: int = 200  # users with a stored sequence
     seed: int = 0

@@ -47,7 +47,9 @@ def serve_result(
         "ratio_vs_floor_grpc": round(ratios["grpc"], 3),
         **kv,
         "max_rps": served["max_rps"],
+        **{key: value for key, value in served.items() if key.startswith(("max_rps_at_", "rate_steps"))},
         "index_kind": model.artifact.index.kind,
+        "index_params": model.artifact.index.params,
         "index_recall_at_100": round(recall, 4),
         "index_recall_at_100_build": model.artifact.manifest["index"]["recall_at_100"],
         "catalog_items": model.artifact.index.size,
@@ -63,7 +65,8 @@ def print_serve_table(r: dict) -> None:
     rows = [
         (
             "catalog / index",
-            f"{r['catalog_items']:,} items, {r['index_kind']}, recall@100 {r['index_recall_at_100']:.4f}",
+            f"{r['catalog_items']:,} items, {r['index_kind']} {r['index_params']}, "
+            f"recall@100 {r['index_recall_at_100']:.4f}",
         ),
         ("in-process p50 / p99", f"{r['inprocess_p50_ms']:.2f} / {r['inprocess_p99_ms']:.2f} ms"),
     ]
@@ -85,6 +88,14 @@ def print_serve_table(r: dict) -> None:
             f"({r['kv_speedup_with_prefill']:.2f}x)",
         ),
         ("max rps (server / floor)", f"{r['max_rps']:.0f} / {r['floor_max_rps']:.0f}"),
+        *[
+            (
+                f"max open-loop rate with {key.removeprefix('max_rps_at_').replace('_', ' ')}",
+                f"{value:.0f} req/s",
+            )
+            for key, value in r.items()
+            if key.startswith("max_rps_at_")
+        ],
         ("errors", r["errors"]),
     ]
     print_table("Protocol D: serving", rows)
