@@ -7,7 +7,7 @@
     popularity.npy         positive actions per item index 0..V in the training log (cold-start answers)
     search_queries.npz     items that define each search query id (the search context, model/data/contexts.py)
     item_embeddings.npy    (V, C) L2-normalised item vectors (what the index holds)
-    index.faiss            the faiss index over them
+    index.faiss            the faiss index over them (its kind and search parameters: manifest)
 
 Weights are safetensors (no unpickling); a directory is written under a temporary name and renamed, so a
 reader never sees a half-written artifact.
@@ -119,10 +119,7 @@ def save_artifact(
         "items": len(item_ids),
         "data_fingerprint": fingerprint,
         "index": {
-            "kind": index.kind,
-            "recall_at_100": index.recall_at_100,
-            "size": index.size,
-            "nprobe": getattr(index.index, "nprobe", None),
+            **index.manifest(),
             "recall_measured_on": "model queries" if index_queries is not None else "perturbed item vectors",
         },
         "metrics": metrics or {},
@@ -185,9 +182,7 @@ def load_artifact(path: Path) -> Artifact:
     vocabulary = Vocabulary(
         tuple(manifest["actions"]), tuple(manifest["surfaces"]), frozenset(manifest["unsequenced_actions"])
     )
-    if manifest["index"].get("nprobe"):
-        index.nprobe = manifest["index"]["nprobe"]
-    item_index = ItemIndex(index, manifest["index"]["kind"], manifest["index"]["recall_at_100"])
+    item_index = ItemIndex.restore(index, manifest["index"])
     item_ids = np.load(path / "items.npy")
     popularity_path = path / "popularity.npy"
     popularity = (

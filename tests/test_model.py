@@ -37,7 +37,7 @@ from pinrec.model.finetune import (
 )
 from pinrec.model.future_eval import FutureEvalSettings, surface_session_metrics, surface_session_requests
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
-from pinrec.model.index import IVF_PROBES, IndexSettings, build_index
+from pinrec.model.index import IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.pretrain import base_config, new_model, pretrain
 from pinrec.model.train import TrainConfig, fit
@@ -285,6 +285,21 @@ def test_finetuning_adds_a_surface_head_and_freezes_the_backbone_by_default(data
     assert torch.equal(before["heads.shared.mlp.1.weight"], after["heads.shared.mlp.1.weight"])  # untouched
 
 
+def test_artifact_keeps_its_approximate_index_and_search_parameters(data, tmp_path):
+    model = _model(data)
+    fingerprint = data_fingerprint(data.log.events)
+    settings = IndexSettings(kind="pq-refine", target_recall=0.99)
+    path = save_artifact(
+        tmp_path / "v1", model, data.catalog.item_ids, data.vocabulary, fingerprint, index_settings=settings
+    )
+    loaded = load_artifact(path)
+    kept = loaded.manifest["index"]
+    assert kept["kind"] == loaded.index.kind == "pq-refine" and kept["recall_at_100"] >= 0.99
+    assert loaded.index.params == kept["params"] == kept["measured"][-1]["params"]
+    assert loaded.index.index.k_factor == kept["params"]["k_factor_rf"]
+    assert kept["recall_measured_on"] == "perturbed item vectors" and kept["timed_on"]
+
+
 def test_training_keeps_the_starting_weights_when_no_epoch_beats_them():
     layer = torch.nn.Linear(2, 1)
     start = layer.weight.detach().clone()
@@ -428,14 +443,3 @@ def test_surface_sessions_are_judged_with_their_context_on_their_engaged_items(d
     expected_contexts = requests.contexts[torch.from_numpy(requests.present)]
     assert len(given) == len(expected_contexts)
     assert all((expected_contexts == row).all(dim=1).any() for row in given)
-
-
-def test_ivf_index_probes_enough_lists_to_reach_its_target_recall():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(20, 16))
-    vectors = centres[rng.integers(0, 20, 5000)] + 0.3 * rng.normal(size=(5000, 16))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    queries = vectors[:200] + 0.1 * rng.normal(size=(200, 16)).astype(np.float32)
-    index = build_index(vectors, IndexSettings(kind="ivf", ivf_lists=64, target_recall=0.95), queries=queries)
-    assert index.kind == "ivf" and index.recall_at_100 >= 0.95
-    assert index.index.nprobe in IVF_PROBES and index.index.nprobe <= 64
