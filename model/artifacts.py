@@ -176,6 +176,8 @@ def load_artifact(path: Path) -> Artifact:
             model.add_head(name)
         for key, value in load_file(path / "heads" / f"{name}.safetensors").items():
             state[f"heads.{name}.{key}"] = value
+    # Artifacts saved before items had an evidence mask: every item keeps its ID part, as it was trained.
+    state.setdefault("items.id_evidence", torch.ones(config.num_items + 1, dtype=torch.bool))
     model.load_state_dict(state)
     model.eval()
     index = faiss.read_index(str(path / "index.faiss"))

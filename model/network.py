@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,6 +85,8 @@ class ItemTower(nn.Module):
             # Small rows (GPT-2 style): the output is normalised, so the norm only sets how fast Adam turns a
             # row; rows of norm 1 (std C^-1/2) learned slower on Beauty.
             nn.init.normal_(table.weight, std=ITEM_INIT_STD)
+        # Which items have an ID part: those seen in training (set_evidence). Every item until told.
+        self.register_buffer("id_evidence", torch.ones(config.num_items + 1, dtype=torch.bool))
         use_content = config.use_content and config.content_dim > 0 and content is not None
         self.register_buffer("content", content.float() if use_content else None, persistent=use_content)
         self.content_bag = None
@@ -94,14 +97,23 @@ class ItemTower(nn.Module):
             self.content_bag = nn.Embedding(config.content_dim + 1, dim, padding_idx=0)
             nn.init.zeros_(self.content_bag.weight)
 
+    def set_evidence(self, counts: np.ndarray) -> None:
+        """Items without an event in the training data (counts 0) lose their ID part: its row would stay
+        the random initialisation, noise that ranks such an item at random (at catalog scale most of a
+        query's top 100 were such items). They are their content alone (a zero vector without content:
+        nothing is known of them)."""
+        self.id_evidence.copy_(torch.from_numpy(np.asarray(counts) > 0))
+
     def _ids(self, items: torch.Tensor) -> torch.Tensor:
         if self.id_embedding is not None:
-            return self.id_embedding(items)
-        slices = [
-            table((items * multiplier) % table.num_embeddings)
-            for table, multiplier in zip(self.tables, self.hash_multipliers, strict=True)
-        ]
-        return torch.cat(slices, dim=-1)
+            ids = self.id_embedding(items)
+        else:
+            slices = [
+                table((items * multiplier) % table.num_embeddings)
+                for table, multiplier in zip(self.tables, self.hash_multipliers, strict=True)
+            ]
+            ids = torch.cat(slices, dim=-1)
+        return ids * self.id_evidence[items].unsqueeze(-1)
 
     def _content(self, items: torch.Tensor) -> torch.Tensor:
         flat = items.reshape(-1)

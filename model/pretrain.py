@@ -86,6 +86,7 @@ def pretrain(
     config = model.config
     valid = valid.first_targets()  # early stopping watches the next item, whatever the protocol
     counts = training_counts(data.histories, train_ends, data.catalog.size)
+    model.items.set_evidence(counts)
     log_frequency = item_log_frequency(torch.from_numpy(counts))
     generator = torch.Generator().manual_seed(train_config.seed)
     batch_users = batch_users or users_per_batch(data.histories, train_ends, config.max_len)

@@ -39,7 +39,7 @@ from pinrec.model.future_eval import FutureEvalSettings, surface_session_metrics
 from pinrec.model.generate import PlannedQuery, generate_queries, merge_similar, plan_queries, retrieve
 from pinrec.model.index import IndexSettings, build_index
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
-from pinrec.model.pretrain import base_config, new_model, pretrain
+from pinrec.model.pretrain import base_config, new_model, pretrain, training_counts
 from pinrec.model.train import TrainConfig, fit
 
 
@@ -266,6 +266,30 @@ def test_artifact_round_trip(data, tmp_path):
     assert np.array_equal(loaded.item_ids, data.catalog.item_ids)
     with pytest.raises(FileExistsError):
         save_artifact(path, model, data.catalog.item_ids, data.vocabulary, "x")
+
+
+def test_items_unseen_in_training_are_their_content_alone_and_the_artifact_keeps_it(data, tmp_path):
+    model = _model(data)
+    split = leave_one_out(data.histories)
+    counts = np.bincount(data.histories.items[: data.histories.offsets[5]], minlength=data.catalog.size + 1)
+    model.items.set_evidence(counts)  # as pretraining does, from the training ranges: here 5 users' items
+    torch.nn.init.normal_(model.items.content_bag.weight)  # as if trained
+    unseen = torch.from_numpy(np.flatnonzero(counts[1:] == 0) + 1)
+    seen = torch.from_numpy(np.flatnonzero(counts[1:] > 0) + 1)
+    with torch.no_grad():
+        table = model.items.table()
+        content = F.normalize(model.items._content(unseen), dim=-1)
+        with_ids = F.normalize(model.items.id_embedding(seen) + model.items._content(seen), dim=-1)
+    assert len(unseen) and len(seen)
+    assert torch.allclose(table[unseen], content, atol=1e-6)
+    assert torch.allclose(table[seen], with_ids, atol=1e-6)
+    path = save_artifact(
+        tmp_path / "v1", model, data.catalog.item_ids, data.vocabulary, data_fingerprint(data.log.events)
+    )
+    assert torch.allclose(load_artifact(path).model.items.table(), table, atol=1e-6)
+    pretrain(model, data, split.train_ends, split.valid, TrainConfig(max_epochs=1, progress=False, threads=1))
+    trained = training_counts(data.histories, split.train_ends, data.catalog.size)
+    assert torch.equal(model.items.id_evidence, torch.from_numpy(trained > 0))
 
 
 @pytest.mark.parametrize("frozen", [True, False])
