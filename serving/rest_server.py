@@ -65,7 +65,8 @@ class RequestGuard:
             more = message.get("more_body", False)
             too_large = len(body) > self.max_bytes
         if too_large:
-            if more or not body:  # the client is still sending
+            # The client is still sending (unless it waits for "100 Continue", which a refusal never sends).
+            if (more or not body) and headers.get(b"expect", b"").lower() != b"100-continue":
                 await _drain(receive, DRAINED_BYTES - len(body))
             size = f"{int(declared)} bytes" if declared.isdigit() else f"more than {self.max_bytes} bytes"
             await self._too_large(scope, send, model, size)

@@ -266,6 +266,17 @@ def test_a_body_over_the_limit_gets_413_before_it_is_parsed(served, strict):
     assert requests.get(f"{served.http}/v2/health/live", timeout=5).status_code == 200
 
 
+def test_a_client_waiting_for_100_continue_gets_413_without_sending_the_body(served):
+    host, port = served.http.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v1/models/home:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 6000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        answer = connection.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
 def test_a_refusal_is_one_warning_without_traceback_and_is_counted(served):
     before = _counter(_metrics(served), "invalid")
     log_size = served.process.log_path.stat().st_size
