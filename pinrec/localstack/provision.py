@@ -71,19 +71,21 @@ def _complete_marker(directory: Path) -> Path:
     return directory / ".complete"
 
 
-def _require(binary: str, hint: str) -> str:
+def require_binary(binary: str, hint: str) -> str:
     path = shutil.which(binary)
     if path is None:
         raise ProvisionError(f"`{binary}` is not on PATH: {hint}")
     return path
 
 
-def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def run_step(command: list[str], what: str, env: dict[str, str] | None = None) -> str:
+    """Run one install step; its standard output, or a ProvisionError with the last lines it printed."""
     log.info("%s: %s", what, " ".join(command))
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         output = (result.stdout + result.stderr).strip().splitlines()[-20:]
         raise ProvisionError(f"{what} failed (exit {result.returncode}):\n" + "\n".join(output))
+    return result.stdout
 
 
 def install_kafka(settings: LocalStackSettings) -> Path:
@@ -91,15 +93,15 @@ def install_kafka(settings: LocalStackSettings) -> Path:
     libs = kafka_libs_dir(settings)
     if _complete_marker(libs).exists():
         return libs
-    mvn = _require("mvn", "install Maven (apt-get install maven) and Java 17")
-    _require("java", "install Java 17 (apt-get install openjdk-17-jre-headless)")
+    mvn = require_binary("mvn", "install Maven (apt-get install maven) and Java 17")
+    require_binary("java", "install Java 17 (apt-get install openjdk-17-jre-headless)")
     root = libs.parent
     if libs.exists():
         shutil.rmtree(libs)
     root.mkdir(parents=True, exist_ok=True)
     pom = root / "pom.xml"
     pom.write_text(_KAFKA_POM.format(kafka=KAFKA_VERSION, scala=SCALA_VERSION, slf4j=SLF4J_VERSION))
-    _run(
+    run_step(
         [
             mvn,
             "-q",
@@ -121,9 +123,9 @@ def install_go_tool(settings: LocalStackSettings, tool: GoTool) -> Path:
     path = go_tool_path(settings, tool)
     if path.exists():
         return path
-    go = _require("go", "install Go (https://go.dev/doc/install)")
+    go = require_binary("go", "install Go (https://go.dev/doc/install)")
     env = {**os.environ, "GOBIN": str(path.parent), "CGO_ENABLED": "0"}
-    _run([go, "install", f"{tool.module}@{tool.version}"], f"building {tool.name} {tool.version}", env)
+    run_step([go, "install", f"{tool.module}@{tool.version}"], f"building {tool.name} {tool.version}", env)
     return path
 
 
@@ -141,10 +143,10 @@ def install_apt_packages() -> list[str]:
         if shutil.which("sudo") is None:
             raise ProvisionError(f"run as root or install by hand: apt-get install -y {' '.join(packages)}")
         prefix = ["sudo", "-n"]
-    apt = _require("apt-get", f"install these packages with your package manager: {' '.join(packages)}")
+    apt = require_binary("apt-get", f"install these packages with your package manager: {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run([*prefix, apt, "update", "-q"], "apt-get update", env)
-    _run(
+    run_step([*prefix, apt, "update", "-q"], "apt-get update", env)
+    run_step(
         [*prefix, apt, "install", "-y", "-q", "--no-install-recommends", *packages],
         f"apt-get install {' '.join(packages)}",
         env,
@@ -152,8 +154,11 @@ def install_apt_packages() -> list[str]:
     return packages
 
 
-def install_all(settings: LocalStackSettings, *, apt: bool = True, go_tools: bool = True) -> dict[str, str]:
-    """Everything the local stack and the later checks need; returns what is where."""
+def install_all(
+    settings: LocalStackSettings, *, apt: bool = True, go_tools: bool = True, k8s: bool = False
+) -> dict[str, str]:
+    """Everything the local stack and the later checks need (with `k8s`, a live control plane's binaries
+    too); returns what is where."""
     installed: dict[str, str] = {}
     if apt:
         installed["apt"] = ", ".join(install_apt_packages()) or "already installed"
@@ -161,4 +166,8 @@ def install_all(settings: LocalStackSettings, *, apt: bool = True, go_tools: boo
     if go_tools:
         for tool in GO_TOOLS:
             installed[tool.name] = str(install_go_tool(settings, tool))
+    if k8s:
+        from pinrec.localstack.k8s_tools import install_k8s_tools  # it builds on this module
+
+        installed |= install_k8s_tools(settings)
     return installed
