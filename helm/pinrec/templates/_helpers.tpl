@@ -53,12 +53,22 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* An image reference: repository@digest when a digest is set, else repository:tag.
+Usage: include "pinrec.imageRef" (dict "image" .Values.kafka.image "defaultTag" "") */}}
+{{- define "pinrec.imageRef" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository (.image.tag | default .defaultTag) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "pinrec.image" -}}
-{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- include "pinrec.imageRef" (dict "image" .Values.image "defaultTag" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "pinrec.kafkaImage" -}}
-{{- printf "%s:%s" .Values.kafka.image.repository .Values.kafka.image.tag -}}
+{{- include "pinrec.imageRef" (dict "image" .Values.kafka.image "defaultTag" "") -}}
 {{- end -}}
 
 {{- define "pinrec.serviceAccountName" -}}
@@ -71,6 +81,22 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "pinrec.isvcName" -}}
 {{- default (include "pinrec.fullname" .) .Values.predictor.name | trunc 45 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The label KServe puts on the predictor's pods: what NetworkPolicies, the PodMonitor and the
+PodDisruptionBudget select them by. */}}
+{{- define "pinrec.predictorSelectorLabels" -}}
+serving.kserve.io/inferenceservice: {{ include "pinrec.isvcName" . }}
+{{- end -}}
+
+{{/* Fails the render unless the cluster serves an API group/version, as helm install/upgrade discover it
+(helm template: --api-versions): a clear reason instead of a failed apply. helm lint only reports it.
+Usage: include "pinrec.requireApi" (dict "ctx" $ "api" "monitoring.coreos.com/v1" "kind" "PodMonitor"
+"for" "monitoring.podMonitor.enabled" "remedy" "install the prometheus-operator CRDs or set it to false") */}}
+{{- define "pinrec.requireApi" -}}
+{{- if not (.ctx.Capabilities.APIVersions.Has .api) -}}
+{{- fail (printf "%s needs the %s API (%s), which the cluster does not serve: %s. Rendering without a cluster (helm template)? Pass --api-versions %s." .for .kind .api .remedy .api) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod-level fields every pod of the release shares. */}}
@@ -89,6 +115,67 @@ securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 {{- end -}}
 
+{{/* The prometheus-operator API of a monitoring object, required by its monitoring.<kind>.enabled value.
+Usage: include "pinrec.requirePrometheusOperator" (dict "ctx" $ "kind" "PodMonitor") */}}
+{{- define "pinrec.requirePrometheusOperator" -}}
+{{- include "pinrec.requireApi" (dict "ctx" .ctx "api" "monitoring.coreos.com/v1" "kind" .kind "for" (printf "monitoring.%s.enabled" (untitle .kind)) "remedy" "install the prometheus-operator CRDs or set it to false") -}}
+{{- end -}}
+
+{{/* Scheduling fields of a pod spec: the workload's own (predictor.nodeSelector, hooks.affinity...) where set,
+else the release-wide scheduling defaults. A topology spread constraint without a labelSelector spreads the
+workload's own pods. Usage: include "pinrec.scheduling" (dict "ctx" $ "workload" .Values.consumer
+"component" "consumer") */}}
+{{- define "pinrec.scheduling" -}}
+{{- $defaults := .ctx.Values.scheduling -}}
+{{- with (get .workload "priorityClassName") | default $defaults.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- range $field := list "nodeSelector" "tolerations" "affinity" }}
+{{- with (get $.workload $field) | default (get $defaults $field) }}
+{{ $field }}:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+{{- with (get .workload "topologySpreadConstraints") | default $defaults.topologySpreadConstraints }}
+{{- $selector := dict "matchLabels" (include "pinrec.componentSelectorLabels" $ | fromYaml) }}
+topologySpreadConstraints:
+  {{- range . }}
+  {{- $constraint := deepCopy . }}
+  {{- if not (hasKey $constraint "labelSelector") }}
+  {{- $_ := set $constraint "labelSelector" $selector }}
+  {{- end }}
+  - {{- toYaml $constraint | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* A PodDisruptionBudget with whichever of minAvailable and maxUnavailable its values set (exactly one).
+Usage: include "pinrec.podDisruptionBudget" (dict "ctx" $ "component" "consumer" "selector" $labels
+"budget" .Values.consumer.podDisruptionBudget "values" "consumer.podDisruptionBudget") */}}
+{{- define "pinrec.podDisruptionBudget" -}}
+{{- $limits := dict -}}
+{{- range $field := list "minAvailable" "maxUnavailable" -}}
+{{- $value := get $.budget $field -}}
+{{- if ne (toString $value) "" -}}
+{{- $_ := set $limits $field $value -}}
+{{- end -}}
+{{- end -}}
+{{- if ne (len $limits) 1 -}}
+{{- fail (printf "%s: set exactly one of minAvailable and maxUnavailable" .values) -}}
+{{- end -}}
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: {{ include "pinrec.componentName" . }}
+  labels:
+    {{- include "pinrec.componentLabels" . | nindent 4 }}
+spec:
+  {{- toYaml $limits | nindent 2 }}
+  selector:
+    matchLabels:
+      {{- .selector | nindent 6 }}
+{{- end -}}
+
 {{- define "pinrec.tmpVolume" -}}
 - name: tmp
   emptyDir:
@@ -104,6 +191,11 @@ securityContext:
 
 {{- define "pinrec.eventsTopic" -}}
 {{- .Values.kafka.topics.events.name -}}
+{{- end -}}
+
+{{/* The most consumers KEDA may run: consumer.autoscaling.maxReplicas, or one per partition when 0. */}}
+{{- define "pinrec.consumerMaxReplicas" -}}
+{{- .Values.consumer.autoscaling.maxReplicas | default .Values.kafka.topics.events.partitions -}}
 {{- end -}}
 
 {{- define "pinrec.dlqTopic" -}}
@@ -296,5 +388,16 @@ so it never appears in the rendered manifest. */}}
 {{- end -}}
 {{- if has (int .Values.predictor.metricsPort) (list 8080 8081) -}}
 {{- fail "predictor.metricsPort must differ from the predictor's API ports 8080 (REST) and 8081 (gRPC)" -}}
+{{- end -}}
+{{- if and .Values.tests.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.predictor.allowedPods) -}}
+{{- fail "tests.enabled: the predictor's test pods carry the labels of the first networkPolicy.predictor.allowedPods entry, and there is none; list one or set tests.enabled to false" -}}
+{{- end -}}
+{{- with .Values.consumer.autoscaling -}}
+{{- if and .enabled (gt (int (include "pinrec.consumerMaxReplicas" $)) $partitions) -}}
+{{- fail (printf "consumer.autoscaling.maxReplicas (%d) must not exceed kafka.topics.events.partitions (%d)" (int .maxReplicas) $partitions) -}}
+{{- end -}}
+{{- if and .enabled (gt (int .minReplicas) (int (include "pinrec.consumerMaxReplicas" $))) -}}
+{{- fail "consumer.autoscaling.minReplicas must not exceed its maxReplicas" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
