@@ -4,14 +4,12 @@ KServe reads it, and anything else KServe's decoding raises becomes InvalidInput
 
 from __future__ import annotations
 
-import struct
-
 import orjson
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import InvalidInput
 from kserve.protocol.dataplane import DataPlane
 
-from pinrec.serving.request import check_binary_size, shape_size
+from pinrec.serving.request import check_binary_size, shape_size, split_strings
 
 
 def check_binary_request(body: bytes, headers: dict) -> None:
@@ -47,7 +45,7 @@ def check_binary_request(body: bytes, headers: dict) -> None:
         count, datatype = shape_size(name, tensor.get("shape")), str(tensor.get("datatype", ""))
         check_binary_size(name, datatype, count, size)
         if datatype == "BYTES":
-            _check_strings(name, body[offset : offset + size], count)
+            split_strings(name, body[offset : offset + size], count)
         offset += size
     if offset != len(body):
         raise InvalidInput(
@@ -56,28 +54,9 @@ def check_binary_request(body: bytes, headers: dict) -> None:
         )
 
 
-def _check_strings(name: str, data: bytes, count: int) -> None:
-    """A BYTES tensor's binary data: `count` elements, each a 4-byte little-endian length and that many
-    bytes of UTF-8, filling the data exactly."""
-    offset = 0
-    for position in range(count):
-        if offset + 4 > len(data):
-            raise InvalidInput(f"input {name} has binary data for {position} of its {count} values")
-        (length,) = struct.unpack_from("<I", data, offset)
-        if offset + 4 + length > len(data):
-            raise InvalidInput(f"input {name}[{position}]: its length prefix ({length}) runs past the data")
-        try:
-            data[offset + 4 : offset + 4 + length].decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"input {name}[{position}] is not valid UTF-8") from None
-        offset += 4 + length
-    if offset != len(data):
-        raise InvalidInput(f"input {name} has {len(data) - offset} bytes after its {count} values")
-
-
 class GuardedDataPlane(DataPlane):
     def metadata(self) -> dict:
-        # Loading and unloading models is disabled (see rest.py and grpc.py): do not advertise it.
+        # Loading and unloading models is disabled (rest_server.py, grpc_server.py): do not advertise it.
         return {**super().metadata(), "extensions": ["binary_tensor_data"]}
 
     def decode(self, body, headers, *args, **kwargs):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferRequest, deserialize_bytes_tensor
+from kserve.protocol.infer_type import InferRequest
 
 INT64_MAX = 2**63 - 1
 BUDGET_TOLERANCE = 1e-3  # shares must sum to 1 within this
@@ -303,7 +303,7 @@ def _fixed_dtype(datatype: str) -> np.dtype:
 def check_binary_size(name: str, datatype: str, size: int, nbytes: int) -> None:
     """Binary data of a fixed-size datatype must hold exactly `size` elements (BYTES is checked when its
     length prefixes are read)."""
-    if datatype == "BYTES" or datatype not in INT_TYPES | FLOAT_TYPES:
+    if datatype not in INT_TYPES | FLOAT_TYPES:
         return
     needed = size * _fixed_dtype(datatype).itemsize
     if nbytes != needed:
@@ -312,16 +312,33 @@ def check_binary_size(name: str, datatype: str, size: int, nbytes: int) -> None:
         )
 
 
+def split_strings(name: str, data: bytes, count: int) -> list[str]:
+    """A BYTES tensor's binary data: `count` elements, each a 4-byte little-endian length and that many
+    bytes of UTF-8, filling the data exactly (REST binary extension and gRPC raw_input_contents alike)."""
+    values, offset = [], 0
+    for position in range(count):
+        if offset + 4 > len(data):
+            raise InvalidInput(f"input {name} has binary data for {position} of its {count} values")
+        (length,) = struct.unpack_from("<I", data, offset)
+        if offset + 4 + length > len(data):
+            raise InvalidInput(f"input {name}[{position}]: its length prefix ({length}) runs past the data")
+        try:
+            values.append(data[offset + 4 : offset + 4 + length].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidInput(f"input {name}[{position}] is not valid UTF-8") from None
+        offset += 4 + length
+    if offset != len(data):
+        raise InvalidInput(f"input {name} has {len(data) - offset} bytes after its {count} values")
+    return values
+
+
 def _raw_elements(tensor, size: int) -> list:
     """The elements of a tensor sent as binary data (REST binary extension, gRPC raw_input_contents)."""
     raw = tensor._raw_data  # kserve keeps binary tensor data here
-    if tensor.datatype != "BYTES":
-        check_binary_size(tensor.name, tensor.datatype, size, len(raw))
-        return np.frombuffer(raw, dtype=_fixed_dtype(tensor.datatype)).tolist()
-    try:
-        return deserialize_bytes_tensor(raw).tolist()
-    except struct.error:
-        raise InvalidInput(f"input {tensor.name}: a BYTES length prefix runs past the data") from None
+    if tensor.datatype == "BYTES":
+        return split_strings(tensor.name, raw, size)
+    check_binary_size(tensor.name, tensor.datatype, size, len(raw))
+    return np.frombuffer(raw, dtype=_fixed_dtype(tensor.datatype)).tolist()
 
 
 def _tensor_values(tensor) -> list:

@@ -346,3 +346,16 @@ def test_a_body_too_deep_to_parse_is_400_with_an_error_field(served):
     for path in ("/v2/models/home/infer", "/v1/models/home:predict"):
         response = requests.post(served.http + path, data=deep, timeout=30)
         assert response.status_code == 400 and "error" in response.json()
+
+
+def test_grpc_raw_bytes_are_checked_like_rest_binary_data(served):
+    request = pb.ModelInferRequest(model_name="home")
+    request.inputs.add(name="user_id", datatype="INT64", shape=[1])
+    request.inputs.add(name="outcomes", datatype="BYTES", shape=[1])
+    request.inputs.add(name="shares", datatype="FP32", shape=[1])
+    raw = [struct.pack("<q", 1), _bytes_tensor(b"\xff\xfe"), struct.pack("<f", 1.0)]
+    request.raw_input_contents.extend(raw)
+    with pytest.raises(grpc.RpcError) as refused:
+        grpc_stub(served.grpc).ModelInfer(request, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "outcomes[0] is not valid UTF-8" in refused.value.details()
