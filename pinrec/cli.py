@@ -35,6 +35,7 @@ def _configure_logging(verbose: bool) -> None:
     # kafka-python logs routine coordinator moves and refused connections during start-up as warnings.
     logging.getLogger("kafka").setLevel(logging.ERROR)
     logging.getLogger("feast").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
 
 
 def main(argv: list[str] | None = None) -> int:

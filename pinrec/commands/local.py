@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true", help="print machine-readable JSON")
     status.set_defaults(handler=run_status)
 
+    _register_k8s_e2e(actions)
+
     demo = subparsers.add_parser(
         "demo",
         help="the whole system end to end on embedded defaults (about 5 minutes on 2 cores)",
@@ -75,6 +77,55 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.set_defaults(handler=run_demo)
 
 
+def _register_k8s_e2e(actions: argparse._SubParsersAction) -> None:
+    e2e = actions.add_parser(
+        "k8s-e2e",
+        help="install, test, upgrade and uninstall the chart on a private live control plane (kwok nodes)",
+        description="Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (fake "
+        "nodes: pods run no containers) on free 127.0.0.1 ports in a fresh state folder; applies the CRDs; "
+        "enforces Pod Security `restricted` on the release namespace; installs the chart with the kind and "
+        "monitoring values; checks its objects, hooks and pods; validates the InferenceService server-side "
+        "against KServe's CRD; runs `helm test`; upgrades with the production-like values and a new model "
+        "URI and checks the rollout; uninstalls; stops everything (also when interrupted). Run from the "
+        "repository root. The binaries come from `pinrec local install --k8s`.",
+    )
+    e2e.add_argument(
+        "--chart", type=Path, default=Path("helm/pinrec"), help="the chart (default helm/pinrec)"
+    )
+    e2e.add_argument(
+        "--crds",
+        type=Path,
+        default=Path("../shared/k8s/crds"),
+        help="folder of the CRDs to apply first, KServe's and prometheus-operator's (default "
+        "../shared/k8s/crds)",
+    )
+    e2e.add_argument(
+        "--set",
+        dest="install_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra value for the install (repeatable), for example a deliberately broken one",
+    )
+    e2e.add_argument("--nodes", type=int, default=3, help="fake nodes, one zone each (default 3)")
+    e2e.add_argument(
+        "--timeout-s", type=float, default=300.0, help="each helm call's --timeout (default 300)"
+    )
+    e2e.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the control plane keeps its state and logs (default: a fresh folder under "
+        "PINREC_STATE_DIR/k8s-e2e); must not exist yet",
+    )
+    e2e.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="keep the state folder after a passing run (kept on failure)",
+    )
+    e2e.add_argument("--summary-json", type=Path, help="also write the summary of steps here")
+    e2e.set_defaults(handler=run_k8s_e2e)
+
+
 def run_install(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.localstack.provision import install_all
 
@@ -82,6 +133,39 @@ def run_install(args: argparse.Namespace, settings: Settings) -> int:
     for tool, where in installed.items():
         print(f"{tool:<{max(map(len, installed))}} {where}")
     return 0
+
+
+def run_k8s_e2e(args: argparse.Namespace, settings: Settings) -> int:
+    import tempfile
+
+    from pinrec.localstack.chart_e2e import ChartE2ESettings, run_and_report
+
+    for what, path in (("chart", args.chart), ("CRD folder", args.crds)):
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"no {what} at {path}: run from the repository root or pass --{what[:5].lower().strip()}"
+            )
+    state_dir = args.state_dir
+    if state_dir is None:
+        parent = settings.local_stack.state_dir / "k8s-e2e"
+        parent.mkdir(parents=True, exist_ok=True)
+        state_dir = Path(tempfile.mkdtemp(prefix="run-", dir=parent))
+    elif state_dir.exists():
+        raise FileExistsError(f"{state_dir} exists: give a new folder, or leave --state-dir out")
+    chart = args.chart
+    e2e = ChartE2ESettings(
+        chart=chart,
+        crds=args.crds,
+        state_dir=state_dir,
+        install_values=(chart / "values-kind.yaml", chart / "ci" / "monitoring-values.yaml"),
+        upgrade_values=(chart / "ci" / "production-like-values.yaml",),
+        install_set=tuple(args.install_set),
+        nodes=args.nodes,
+        timeout_s=args.timeout_s,
+    )
+    return run_and_report(
+        settings.local_stack, e2e, keep_state=args.keep_state, summary_json=args.summary_json
+    )
 
 
 def run_up(args: argparse.Namespace, settings: Settings) -> int:

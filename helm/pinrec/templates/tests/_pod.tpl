@@ -19,8 +19,9 @@ metadata:
     {{- toYaml $labels | nindent 4 }}
   annotations:
     helm.sh/hook: test
-    # Kept after the run, for `helm test --logs` and kubectl logs; replaced by the next run.
-    helm.sh/hook-delete-policy: before-hook-creation
+    # A passing pod is deleted at once (helm uninstall never deletes hook pods); a failing one is kept for
+    # `kubectl logs` until the next run replaces it.
+    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 spec:
   restartPolicy: Never
   serviceAccountName: {{ include "pinrec.serviceAccountName" $ctx }}
