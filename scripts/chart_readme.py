@@ -46,13 +46,16 @@ Chart {version}, app {app_version}, Kubernetes `{kube_version}`. Home: {home}
 
 ```bash
 helm install pinrec helm/pinrec -n pinrec --create-namespace -f helm/pinrec/values-production.yaml
-helm test pinrec -n pinrec --logs   # REST v1 and gRPC on every surface, the consumer's /metrics
+helm test pinrec -n pinrec   # REST v1 and gRPC on every surface, the consumer's /metrics
 ```
+
+A passing test pod is deleted at once, so `helm uninstall` leaves none behind (helm never deletes hook pods);
+a failing one stays for `kubectl logs`. For `helm test --logs`, install with `--set tests.keepPods=true`.
 
 Values files: `values.yaml` (defaults), `values-kind.yaml` (everything in one kind cluster),
 `values-production.yaml` (external Kafka and Redis, monitoring). Scenarios layered on `values-kind.yaml`
-(`-f values-kind.yaml -f ci/<scenario>-values.yaml`), installed by the e2e run and validated offline by
-`tests/test_k8s.py`:
+(`-f values-kind.yaml -f ci/<scenario>-values.yaml`), installed by the live e2e run (`make k8s-e2e`:
+monitoring at install, production-like at upgrade) and validated offline by `tests/test_k8s.py`:
 
 {scenarios}
 

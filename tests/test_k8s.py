@@ -706,3 +706,14 @@ def test_dashboard_and_alerts_query_exported_metrics(
     assert {"pinrec_response_unique_share_bucket"} <= referenced
     unknown = sorted(referenced - exported_series())
     assert not unknown, f"the dashboard or the alerts query metrics nothing exports: {unknown}"
+
+
+@pytest.mark.parametrize(
+    ("keep", "policy"), [(False, "before-hook-creation,hook-succeeded"), (True, "before-hook-creation")]
+)
+def test_passing_test_pods_are_deleted_unless_kept_for_their_logs(keep: bool, policy: str) -> None:
+    # helm uninstall never deletes hook pods: deleted on success, none is left (the live e2e checks it).
+    docs = helm_objects(f"tests.keepPods={str(keep).lower()}")
+    tests = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    assert len(tests) == 3
+    assert {d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] for d in tests} == {policy}

@@ -19,9 +19,9 @@ metadata:
     {{- toYaml $labels | nindent 4 }}
   annotations:
     helm.sh/hook: test
-    # A passing pod is deleted at once (helm uninstall never deletes hook pods); a failing one is kept for
-    # `kubectl logs` until the next run replaces it.
-    helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+    # Unless tests.keepPods, a passing pod is deleted at once (helm uninstall never deletes hook pods); a failing
+    # one is kept for `kubectl logs` until the next run replaces it.
+    helm.sh/hook-delete-policy: {{ ternary "before-hook-creation" "before-hook-creation,hook-succeeded" $ctx.Values.tests.keepPods }}
 spec:
   restartPolicy: Never
   serviceAccountName: {{ include "pinrec.serviceAccountName" $ctx }}
