@@ -29,6 +29,7 @@ STEPS = [
     "control plane",
     "CRDs",
     "namespace",
+    "dry-runs",
     "volumes",
     "install",
     "hooks",
@@ -103,6 +104,8 @@ def test_the_chart_installs_passes_helm_test_upgrades_and_uninstalls(tmp_path: P
     assert list(steps) == STEPS
     assert "7 applied server-side and Established" in steps["CRDs"]
     assert "enforce=restricted" in steps["namespace"]
+    assert "defaults: " in steps["dry-runs"] and "values-production.yaml: " in steps["dry-runs"]
+    assert steps["dry-runs"].endswith("accepted, no warning")
     assert "InferenceService" in steps["install"] and "StatefulSet" in steps["install"]
     for job in ("kafka-topics", "feast-apply", "model-bootstrap"):
         assert f"Job pinrec-{job}" in steps["hooks"]

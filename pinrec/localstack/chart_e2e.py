@@ -74,6 +74,8 @@ class ChartE2ESettings:
     crds: Path  # CRDs applied before the install (../shared/k8s/crds)
     state_dir: Path  # the control plane's state, helm's home, the summary
     install_values: tuple[Path, ...]  # -f files of the install
+    # Renders checked by a strict server-side dry-run of every object before the install, each -f files.
+    dry_run_values: tuple[tuple[Path, ...], ...]
     upgrade_values: tuple[Path, ...]  # -f files added by the upgrade
     # The model URI the upgrade rolls to: a new artifact folder in the claim the kind values create.
     upgrade_model_uri: str = "pvc://pinrec-models/releases/v2"
@@ -148,6 +150,10 @@ class Helm:
             env=self.env,
             preexec_fn=die_with_parent,
         )
+
+    def render(self, release: str, chart: Path, values_args: list[str]) -> list[dict]:
+        """`helm template --validate`: rendered with the live API server's version and APIs."""
+        return _documents(self.run("template", release, str(chart), "--validate", *values_args))
 
     def run(self, *args: str) -> str:
         result = subprocess.run(
@@ -225,6 +231,34 @@ def restricted_namespace(name: str) -> dict:
     """The release namespace, enforcing (and warning and auditing at) the `restricted` Pod Security level."""
     levels = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": levels}}
+
+
+def server_dry_run(api: KubeApi, manifests: list[dict], namespace: str) -> list[str]:
+    """A strict server-side dry-run apply of every object, in a namespace of its own at Pod Security
+    `restricted`: what the API server refuses (schema, unknown fields, Pod Security for pods) and what it
+    warns about (Pod Security for workloads). Only the ServiceAccounts are created for real (admission
+    looks pods' accounts up), and the namespaces objects name for themselves (a dashboard's `monitoring`);
+    the namespaces are deleted afterwards."""
+    api.apply(restricted_namespace(namespace))
+    others = {m["metadata"]["namespace"] for m in manifests if m["metadata"].get("namespace")} - {namespace}
+    for other in others:
+        api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}})
+    api.take_warnings()
+    problems = []
+    accounts_first = sorted(manifests, key=lambda m: m["kind"] != "ServiceAccount")
+    for manifest in accounts_first:
+        try:
+            api.apply(manifest, namespace, dry_run=manifest["kind"] != "ServiceAccount")
+        except KubeApiError as error:
+            problems.append(str(error))
+        problems += [f"{manifest['kind']} {manifest['metadata']['name']}: {w}" for w in api.take_warnings()]
+    for created in (namespace, *others):
+        api.delete("v1", "Namespace", created)
+    return problems
+
+
+def _names(files: tuple[Path, ...]) -> str:
+    return " + ".join(path.name for path in files) or "defaults"
 
 
 def claims(manifests: list[dict]) -> list[tuple[str, dict]]:
@@ -374,9 +408,20 @@ def _install_test_upgrade_uninstall(
     with summary.step("namespace") as detail:
         api.apply(restricted_namespace(namespace))
         detail.append(f"{namespace}, Pod Security enforce=restricted")
+    with summary.step("dry-runs") as detail:
+        for index, files in enumerate(settings.dry_run_values):
+            dry_run_namespace = f"{namespace}-dry-run-{index}"
+            # A later --namespace overrides the one helm's prefix names.
+            objects = helm.render(
+                release, settings.chart, [*_values_args(files), "--namespace", dry_run_namespace]
+            )
+            problems = server_dry_run(api, objects, dry_run_namespace)
+            if problems:
+                raise E2EFailure(f"the render of {_names(files)} was refused:\n" + "\n".join(problems))
+            detail.append(f"{_names(files)}: {len(objects)} objects")
+        detail.append("accepted, no warning")
     with summary.step("volumes") as detail:
-        # `helm template --validate` renders with the live API server's versions and APIs.
-        rendered = _documents(helm.run("template", release, str(settings.chart), "--validate", *install_args))
+        rendered = helm.render(release, settings.chart, install_args)
         for claim, spec in claims(rendered):
             api.apply(volume_for(claim, spec, namespace, settings.state_dir / "volumes"))
             detail.append(claim)

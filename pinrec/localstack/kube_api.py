@@ -53,12 +53,15 @@ class KubeApi:
             timeout=timeout_s,
         )
         self._resources: dict[tuple[str, str], Resource] = {}
+        self._warnings: list[str] = []
 
     def close(self) -> None:
         self._http.close()
 
     def _call(self, method: str, url: str, **kwargs: Any) -> dict:
         response = self._http.request(method, url, **kwargs)
+        # Warnings such as `would violate PodSecurity` on a Deployment come as headers: 299 - "message".
+        self._warnings += [w.split(" ", 2)[-1].strip('"') for w in response.headers.get_list("warning")]
         if response.is_success:
             return response.json()
         try:
@@ -66,6 +69,11 @@ class KubeApi:
         except json.JSONDecodeError:
             message = response.text
         raise KubeApiError(response.status_code, f"{method} {url}: {response.status_code} {message}")
+
+    def take_warnings(self) -> list[str]:
+        """The API server's warnings since the last call."""
+        warnings, self._warnings = self._warnings, []
+        return warnings
 
     def ready(self) -> bool:
         try:
