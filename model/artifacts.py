@@ -34,9 +34,9 @@ from pinrec.model.data.contexts import QueryItems, search_query_items
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.generate import GenerationSettings, sample_queries
 from pinrec.model.index import IndexSettings, ItemIndex, build_index
+from pinrec.model.manifest import MANIFEST, read_manifest
 from pinrec.model.network import PinRecModel
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: items enter as scaled unit vectors, outcome table has an 'any outcome' row
 
 
@@ -156,12 +156,7 @@ def save_trained(
 
 
 def load_artifact(path: Path) -> Artifact:
-    manifest_path = path / MANIFEST
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"{path} is not a model artifact (no {MANIFEST}); train one with `pinrec train`"
-        )
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(path)
     if manifest.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"{path} is a format {manifest.get('format')} artifact; this version of pinrec reads format "

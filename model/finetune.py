@@ -19,6 +19,7 @@ from pinrec.model.data.contexts import QueryItems, context_vectors, event_contex
 from pinrec.model.data.eventlog import positive_mask
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import positives_before, recent_histories
+from pinrec.model.distributed import current, user_shards
 from pinrec.model.generate import in_groups, prefill_request
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
@@ -199,6 +200,10 @@ class _TrainedBackbone(_Backbone):
         return self.model.items.all_items()
 
 
+def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 def finetune_surface(
     model: PinRecModel,
     data: PreparedData,
@@ -244,14 +249,30 @@ def finetune_surface(
         conditions = (outcomes[rows], torch.full((len(rows),), surface), offsets)
         return head(backbone.hidden_of(rows), *conditions)
 
+    group = current()
+    shards = train_config.data_shards or group.world_size
+    shard_of_row = user_shards(data.histories.user_ids[sessions.rows[train_rows]], shards)
+
     def batches(epoch: int):
         rng = np.random.default_rng([train_config.seed, epoch])
         offsets = draw_offsets(allowed, rng)
-        order = rng.permutation(train_rows)
-        return [
-            (torch.from_numpy(rows), offsets[rows])
-            for rows in (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        if shards == 1:
+            order = rng.permutation(train_rows)
+            return [(torch.from_numpy(rows), offsets[rows]) for rows in _chunks(order, batch_size)]
+        # A global batch: a micro-batch from every shard of users (model.distributed), this process's here.
+        micro = max(1, batch_size // shards)
+        parts = [
+            _chunks(
+                np.random.default_rng([train_config.seed, epoch, s]).permutation(
+                    train_rows[shard_of_row == s]
+                ),
+                micro,
+            )
+            for s in group.owned_shards(shards)
         ]
+        steps = group.min_int(min(len(part) for part in parts))
+        merged = (np.concatenate([part[step] for part in parts]) for step in range(steps))
+        return [(torch.from_numpy(rows), offsets[rows]) for rows in merged]
 
     def step_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         batch, offsets = batch

@@ -8,12 +8,17 @@ Q(c), the chance that item c is among the candidates, is the chance that it is o
 the positive's included, is corrected by -log Q(c) so that popular items are not pushed down merely for
 being sampled often. Hard negatives (finetuning: shown but not engaged) are added per query, uncorrected:
 they are not sampled, they are given.
+
+Under data-parallel training the batch is the global one (model.distributed): the candidates are the
+distinct targets of every process's predictions, and each loss is this process's share of the global mean.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from pinrec.model.distributed import current, global_mean
 
 
 def item_log_frequency(counts: torch.Tensor) -> torch.Tensor:
@@ -34,10 +39,11 @@ def sampled_softmax_loss(
     weights: torch.Tensor | None = None,  # (N,) per-prediction loss weights (default: all 1)
 ) -> torch.Tensor:
     num_items = len(log_frequency) - 1
-    in_batch = torch.unique(targets)  # sorted
+    every_target = current().gather(targets)  # the global batch's
+    in_batch = torch.unique(every_target)  # sorted
     sampled = torch.randint(1, num_items + 1, (random_negatives,), generator=generator)
     candidates = torch.cat([in_batch, sampled])  # (M,)
-    n = len(targets)
+    n = len(every_target)
     in_batch_chance = -torch.expm1(n * torch.log1p(-log_frequency[candidates].exp().clamp(max=1 - 1e-7)))
     log_q = torch.log(in_batch_chance + random_negatives / num_items)
 
@@ -51,7 +57,7 @@ def sampled_softmax_loss(
         hard = (queries[:, None, :] * item_vectors(hard_negatives)).sum(-1) / temperature  # (N, H)
         hard = hard.masked_fill((hard_negatives == 0) | (hard_negatives == targets[:, None]), float("-inf"))
         logits = torch.cat([logits, hard], dim=1)
-    return _weighted_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
+    return global_mean(F.cross_entropy(logits, labels, reduction="none"), weights)
 
 
 def full_softmax_loss(
@@ -63,10 +69,4 @@ def full_softmax_loss(
 ) -> torch.Tensor:
     """Cross-entropy of each target against every item of the catalog."""
     logits = queries @ all_items.T / temperature  # (N, V)
-    return _weighted_mean(F.cross_entropy(logits, targets - 1, reduction="none"), weights)
-
-
-def _weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    if weights is None:
-        return losses.mean()
-    return (losses * weights).sum() / weights.sum().clamp(min=1e-12)
+    return global_mean(F.cross_entropy(logits, targets - 1, reduction="none"), weights)

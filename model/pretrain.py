@@ -12,7 +12,8 @@ import torch
 
 from pinrec.model.config import DAY_MS, HOUR_MS, ModelConfig
 from pinrec.model.data.prepare import PreparedData
-from pinrec.model.data.sequences import Examples, Histories, TrainingBatch, training_batches
+from pinrec.model.data.sequences import Examples, Histories, ShardedEpoch, TrainingBatch, training_batches
+from pinrec.model.distributed import current, user_shards
 from pinrec.model.evaluate import exact_metrics, next_queries
 from pinrec.model.loss import full_softmax_loss, item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
@@ -95,24 +96,42 @@ def pretrain(
     # Warm up for at most one epoch (a fixed step count is many epochs on a small dataset).
     train_config = replace(train_config, warmup_steps=min(train_config.warmup_steps, steps_per_epoch))
 
+    group = current()
+    shards = train_config.data_shards or group.world_size
+    shard_of = user_shards(data.histories.user_ids, shards)
+
     def batches(epoch: int):
-        rng = np.random.default_rng([train_config.seed, epoch])
-        return training_batches(
-            data.histories,
-            train_ends,
-            config.offsets,
-            config.max_len,
-            batch_users,
-            rng,
-            config.sampled_windows,
-            config.window_share,
-        )
+        def epoch_of(users: np.ndarray | None, rng: np.random.Generator, users_per_batch: int):
+            return training_batches(
+                data.histories,
+                train_ends,
+                config.offsets,
+                config.max_len,
+                users_per_batch,
+                rng,
+                config.sampled_windows,
+                config.window_share,
+                users,
+            )
+
+        if shards == 1:
+            return epoch_of(None, np.random.default_rng([train_config.seed, epoch]), batch_users)
+        # A global batch: a micro-batch from every shard (model.distributed), this process's shards here.
+        micro = max(1, batch_users // shards)
+        parts = [
+            epoch_of(shard_of == s, np.random.default_rng([train_config.seed, epoch, s]), micro)
+            for s in group.owned_shards(shards)
+        ]
+        return ShardedEpoch(parts, group.min_int(min(len(part) for part in parts)))
 
     def step_loss(batch: TrainingBatch) -> torch.Tensor:
         hidden, _ = model.encode(**batch.inputs.to_dict())  # (B, T, C)
         b, t, k = (batch.targets > 0).nonzero(as_tuple=True)  # one prediction per (row, position, offset)
         outcomes = batch.target_actions[b, t, k]
-        hidden_outcome = torch.rand(len(outcomes), generator=generator) < config.any_outcome_share
+        # Drawn for the global batch, this process's slice taken: the same draws however it is split.
+        start, total = group.local_slice(len(outcomes))
+        draws = torch.rand(total, generator=generator)[start : start + len(outcomes)]
+        hidden_outcome = draws < config.any_outcome_share
         outcomes = torch.where(hidden_outcome, config.any_outcome, outcomes)
         queries = model.query(hidden[b, t], outcomes, batch.target_surfaces[b, t, k], k)
         targets = batch.targets[b, t, k]

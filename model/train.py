@@ -1,6 +1,10 @@
 """The training loop shared by pretraining, finetuning and the SASRec baseline: AdamW with linear warmup,
 a validation metric after every epoch, early stopping on it with the best weights restored, a time budget,
-resumable checkpoints, a progress bar and a training-curve PNG."""
+resumable checkpoints, a progress bar and a training-curve PNG.
+
+Under torchrun the step runs inside DistributedDataParallel (gradients averaged across processes), rank 0
+validates, checkpoints and decides when to stop, and every process follows its decisions
+(model.distributed)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from pinrec.model.distributed import Distributed, current
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,9 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = one per available CPU
     validate_start: bool = False  # score the start as epoch 0 (finetuning keeps it unless beaten)
     progress: bool = True
+    # Shards of the training users, by user id: a global batch is a micro-batch from each (model.distributed).
+    # 0: one per training process (a single process keeps its plain user order).
+    data_shards: int = 0
 
 
 @dataclass
@@ -47,10 +56,32 @@ class TrainResult:
 
 
 def set_threads(threads: int = 0) -> int:
-    """Use the CPUs this process may run on (a container's quota shows in sched_getaffinity)."""
-    count = threads or len(os.sched_getaffinity(0))
+    """Use the CPUs this process may run on (a container's quota shows in sched_getaffinity), shared with the
+    other training processes on this machine."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    count = threads or max(1, len(os.sched_getaffinity(0)) // local_processes)
     torch.set_num_threads(count)
     return count
+
+
+class _Step(nn.Module):
+    """The step's loss as a module's forward, so that DistributedDataParallel sees the whole computation."""
+
+    def __init__(self, module: nn.Module, step_loss: Callable[[object], torch.Tensor]) -> None:
+        super().__init__()
+        self.module, self.step_loss = module, step_loss
+
+    def forward(self, batch: object) -> torch.Tensor:
+        return self.step_loss(batch)
+
+
+def _step_function(module: nn.Module, step_loss: Callable[[object], torch.Tensor], group: Distributed):
+    if not group.enabled:
+        return step_loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    # Rank 0's weights go to every process here; parameters a step leaves unused (a frozen part) are fine.
+    return DistributedDataParallel(_Step(module, step_loss), find_unused_parameters=True)
 
 
 def fit(
@@ -63,6 +94,7 @@ def fit(
     checkpoint: Path | None = None,
     name: str = "train",
 ) -> TrainResult:
+    group = current()
     set_threads(config.threads)
     torch.manual_seed(config.seed)
     parameters = [p for p in parameters if p.requires_grad]
@@ -82,37 +114,49 @@ def fit(
         log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
 
     if config.validate_start and state["epoch"] == 0 and state["best_epoch"] < 0:
-        module.eval()
-        with torch.no_grad():
-            state["best_metric"], state["best_epoch"] = validate(), 0
+        state["best_metric"], state["best_epoch"] = _validate(module, validate, group), 0
         log.info("%s before training: validation %.4f", name, state["best_metric"])
+    step = _step_function(module, step_loss, group)
     stopped_by = "max epochs"
     started = time.monotonic() - state["seconds"]
     for epoch in range(state["epoch"], config.max_epochs):
         module.train()
-        losses = []
-        bar = tqdm(batches(epoch), desc=f"{name} epoch {epoch + 1}", disable=not config.progress, leave=False)
+        losses, tokens, loop_started = [], 0, time.monotonic()
+        progress = config.progress and group.is_main
+        bar = tqdm(batches(epoch), desc=f"{name} epoch {epoch + 1}", disable=not progress, leave=False)
         for batch in bar:
-            loss = step_loss(batch)
+            loss = step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, 1.0)
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            # Each process's loss is its share of the global mean (times the process count).
+            losses.append(group.sum(loss.detach()).item() / group.world_size)
+            tokens += getattr(batch, "tokens", 0)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        module.eval()
-        with torch.no_grad():
-            metric = validate()
-        elapsed = time.monotonic() - started
+        train_seconds = group.broadcast_float(time.monotonic() - loop_started)
+        tokens = int(group.sum(torch.tensor(tokens)).item())  # every process's
+        metric = _validate(module, validate, group)
+        elapsed = group.broadcast_float(time.monotonic() - started)  # rank 0's clock decides the budget
         loss = sum(losses) / max(len(losses), 1)
-        state["curve"].append({"epoch": epoch + 1, "loss": loss, "metric": metric, "seconds": elapsed})
+        state["curve"].append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "metric": metric,
+                "seconds": elapsed,
+                "train_seconds": train_seconds,  # the steps alone, validation excluded
+                "tokens": tokens,
+                "step_losses": losses,
+            }
+        )
         log.info("%s epoch %d: loss %.4f, validation %.4f (%.0f s)", name, epoch + 1, loss, metric, elapsed)
         if metric > state["best_metric"]:
             state["best_metric"], state["best_epoch"] = metric, epoch + 1
             best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         state["epoch"], state["seconds"] = epoch + 1, elapsed
-        if checkpoint is not None:
+        if checkpoint is not None and group.is_main:
             _save_checkpoint(checkpoint, module, optimizer, schedule, best_weights, state)
         if epoch + 1 - state["best_epoch"] >= config.patience:
             stopped_by = "patience"
@@ -131,6 +175,16 @@ def fit(
         stopped_by,
         state["curve"],
     )
+
+
+def _validate(module: nn.Module, validate: Callable[[], float], group: Distributed) -> float:
+    """Rank 0's validation metric, on every process (the others wait for it)."""
+    module.eval()
+    metric = 0.0
+    if group.is_main:
+        with torch.no_grad():
+            metric = validate()
+    return group.broadcast_float(metric)
 
 
 def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, state) -> None:

@@ -7,14 +7,14 @@ import logging
 import sys
 import warnings
 
-from pinrec.commands import bench, events, local, model, serve, stream
+from pinrec.commands import bench, events, gate, local, model, serve, stream
 from pinrec.options import flag_overrides
 from pinrec.settings import Settings
 
 log = logging.getLogger("pinrec")
 
 # The order of `pinrec --help`.
-COMMAND_MODULES = (local, stream, events, model, serve, bench)
+COMMAND_MODULES = (local, stream, events, model, gate, serve, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

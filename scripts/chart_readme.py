@@ -38,8 +38,9 @@ Chart {version}, app {app_version}, Kubernetes `{kube_version}`. Home: {home}
 
 - KServe (`serving.kserve.io/v1beta1`) always; the prometheus-operator CRDs (`monitoring.coreos.com/v1`)
   for `monitoring.podMonitor`, `monitoring.serviceMonitor` and `monitoring.prometheusRule`; KEDA
-  (`keda.sh/v1alpha1`) for `consumer.autoscaling`. The chart refuses to render an object whose API the
-  cluster does not serve, and says which; without a cluster, pass them to `helm template --api-versions`.
+  (`keda.sh/v1alpha1`) for `consumer.autoscaling`; Kubeflow Trainer v2 (`trainer.kubeflow.org/v1alpha1`) for
+  `training`. The chart refuses to render an object whose API the cluster does not serve, and says which;
+  without a cluster, pass them to `helm template --api-versions`.
 - The Secrets the values name (Kafka SASL and CA, Redis password): the chart never holds a secret.
 
 ## Install and test
@@ -54,8 +55,9 @@ a failing one stays for `kubectl logs`. For `helm test --logs`, install with `--
 
 Values files: `values.yaml` (defaults), `values-kind.yaml` (everything in one kind cluster),
 `values-production.yaml` (external Kafka and Redis, monitoring). Scenarios layered on `values-kind.yaml`
-(`-f values-kind.yaml -f ci/<scenario>-values.yaml`), installed by the live e2e run (`make k8s-e2e`:
-monitoring at install, production-like at upgrade) and validated offline by `tests/test_k8s.py`:
+(`-f values-kind.yaml -f ci/<scenario>-values.yaml`), used by the live e2e run (`make k8s-e2e`: monitoring at
+install, production-like at upgrade, training in a server-side dry-run) and validated offline by
+`make k8s-validate`:
 
 {scenarios}
 

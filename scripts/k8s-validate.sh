@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Offline validation of everything the project deploys to Kubernetes (no cluster, no network):
-#   1. helm lint --strict of the chart with each values file (default, helm/pinrec/values-*.yaml);
-#   2. helm template of each, and kubeconform -strict of every rendered object (hooks included) against local
-#      schemas only: core kinds from the kubernetes-validate package, custom resources from ../shared/k8s/crds
+#   1. helm lint --strict of the chart with each values file (default, helm/pinrec/values-*.yaml) and each
+#      scenario of helm/pinrec/ci/ layered on values-kind.yaml;
+#   2. helm template of each, and kubeconform -strict of every rendered object (hooks included, and the objects
+#      ConfigMaps carry for a CronJob to create, such as the retraining TrainJob) against local schemas only:
+#      core kinds from the kubernetes-validate package, custom resources from ../shared/k8s/crds
 #      (scripts/k8s_manifests.py writes both under .pinrec/k8s-schemas/);
 #   3. values that must be refused are refused (more consumers than partitions);
 #   4. promtool check rules on the PrometheusRule's spec;
-#   5. shellcheck of k8s/*.sh and scripts/*.sh.
+#   5. shellcheck of k8s/*.sh, scripts/*.sh and the chart's helm/pinrec/files/*.sh.
 # Every check runs; the exit status is 1 when any failed, 2 when a tool is missing.
 #
 # Usage: scripts/k8s-validate.sh [--extra-manifest FILE]... [--out DIR]
@@ -33,7 +35,8 @@ namespace=pinrec
 # The custom resource APIs the chart renders and $crd_dir provides, as a cluster with those CRDs reports them:
 # helm template reports none by itself, and the chart refuses an object whose API is not served (helm lint
 # only notes it).
-api_versions=(--api-versions serving.kserve.io/v1beta1 --api-versions monitoring.coreos.com/v1)
+api_versions=(--api-versions serving.kserve.io/v1beta1 --api-versions monitoring.coreos.com/v1
+  --api-versions trainer.kubeflow.org/v1alpha1)
 
 extra_manifests=()
 out=""
@@ -89,18 +92,26 @@ fail() { echo "FAILED: $*" >&2; failures+=("$*"); }
 step "local schemas (Kubernetes $kube_version)"
 "$python" "$root/scripts/k8s_manifests.py" schemas --kube-version "$kube_version" --crds "$crd_dir" --out "$schema_dir"
 
-values_names=(default)
+# Each render: its name, then its values files (none: the defaults), separated by tabs.
+renders=("default")
 for file in "$chart"/values-*.yaml; do
   name="${file##*/values-}"
-  values_names+=("${name%.yaml}")
+  renders+=("${name%.yaml}"$'\t'"$file")
+done
+for file in "$chart"/ci/*-values.yaml; do
+  name="${file##*/}"
+  renders+=("ci-${name%-values.yaml}"$'\t'"$chart/values-kind.yaml"$'\t'"$file")
 done
 
 rendered=()
-for name in "${values_names[@]}"; do
+values_rendered=()  # the values files' renders (not the ci/ scenarios): their rules go to promtool
+for render in "${renders[@]}"; do
+  IFS=$'\t' read -r -a fields <<<"$render"
+  name=${fields[0]}
   values_args=()
-  if [[ "$name" != default ]]; then
-    values_args=(-f "$chart/values-$name.yaml")
-  fi
+  for file in "${fields[@]:1}"; do
+    values_args+=(-f "$file")
+  done
   step "helm lint + template: $name values"
   if ! "$helm" lint "$chart" --strict --kube-version "$kube_version" --namespace "$namespace" "${values_args[@]}"; then
     fail "helm lint ($name values)"
@@ -108,7 +119,13 @@ for name in "${values_names[@]}"; do
   if "$helm" template "$release" "$chart" --kube-version "$kube_version" --namespace "$namespace" \
       "${api_versions[@]}" "${values_args[@]}" > "$out/$name.yaml"; then
     rendered+=("$out/$name.yaml")
+    [[ $name == ci-* ]] || values_rendered+=("$out/$name.yaml")
     "$python" "$root/scripts/k8s_manifests.py" objects "$out/$name.yaml" | sed 's/^/  /'
+    if "$python" "$root/scripts/k8s_manifests.py" embedded "$out/$name.yaml" --out "$out/$name-embedded.yaml"; then
+      rendered+=("$out/$name-embedded.yaml")
+    else
+      fail "the objects in ConfigMaps ($name values)"
+    fi
   else
     fail "helm template ($name values)"
   fi
@@ -134,14 +151,14 @@ else
 fi
 
 step "promtool check rules"
-if "$python" "$root/scripts/k8s_manifests.py" rules "${rendered[@]}" --out "$out/rules.yaml"; then
+if "$python" "$root/scripts/k8s_manifests.py" rules "${values_rendered[@]}" --out "$out/rules.yaml"; then
   "$promtool" check rules "$out/rules.yaml" || fail "promtool check rules"
 else
   fail "no PrometheusRule rendered (values-production.yaml enables it)"
 fi
 
 step "shellcheck"
-scripts=("$root"/k8s/*.sh "$root"/scripts/*.sh)
+scripts=("$root"/k8s/*.sh "$root"/scripts/*.sh "$chart"/files/*.sh)
 if "$shellcheck" --external-sources "${scripts[@]}"; then
   echo "${#scripts[@]} scripts clean"
 else

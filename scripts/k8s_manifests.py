@@ -9,6 +9,8 @@ schemas  local JSON schemas for kubeconform, so that nothing is downloaded:
            and with `metadata` checked against the core ObjectMeta.
 rules    the `spec` of every PrometheusRule in rendered manifests, as one file for `promtool check rules`.
 objects  "Kind/name" of every object in rendered manifests.
+embedded the objects that rendered ConfigMaps carry for someone else to create (the retraining TrainJob),
+         as one manifest file, so that kubeconform validates them too.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from importlib import metadata, resources
 from pathlib import Path
 
 import yaml
+
+from pinrec.localstack.chart_e2e import embedded_objects
 
 CORE_REF = '"/api/_definitions.json#'  # how kubernetes-validate's schemas reference their definitions
 OBJECT_META = "../../core/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
@@ -169,12 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     rules.add_argument("--out", type=Path, required=True)
     objects = commands.add_parser("objects", help="list Kind/name of every object in rendered manifests")
     objects.add_argument("manifests", type=Path, nargs="+")
+    embedded = commands.add_parser("embedded", help="the objects ConfigMaps of rendered manifests carry")
+    embedded.add_argument("manifests", type=Path, nargs="+")
+    embedded.add_argument("--out", type=Path, required=True, help="the manifest file to write (maybe empty)")
     args = parser.parse_args(argv)
 
     if args.command == "schemas":
         build_schemas(args.kube_version, args.crds, args.out)
     elif args.command == "rules":
         extract_rules(args.manifests, args.out)
+    elif args.command == "embedded":
+        found = embedded_objects(list(documents(args.manifests)))
+        args.out.write_text(yaml.safe_dump_all(found, sort_keys=False), encoding="utf-8")
+        for doc in found:
+            print(
+                f"  embedded {doc['kind']}/{doc['metadata'].get('name') or doc['metadata']['generateName']}"
+            )
     else:
         for doc in documents(args.manifests):
             print(f"{doc['kind']}/{doc['metadata']['name']}")

@@ -1,17 +1,21 @@
 """The Kubernetes packaging, checked offline: scripts/k8s-validate.sh passes on the chart (helm lint and
-template with every values file, kubeconform -strict against local schemas, promtool, shellcheck) and on the
-ci/ scenarios, it fails on an invalid object, the chart refuses more consumers than partitions and objects
-whose API the cluster lacks, the predictor listens on every interface with its deadline and size limit, only
-listed callers reach its API and Prometheus only its metrics port, the `helm test` pods are such callers,
-every workload takes the scheduling values, the images can be pinned by digest, KEDA scales the consumer on
-its lag, the chart README is generated from values.yaml, and the dashboard and the alerts only query metrics
-that the code exports."""
+template with every values file and ci/ scenario, kubeconform -strict against local schemas, the retraining
+TrainJob its ConfigMap carries included, promtool, shellcheck), it fails on an invalid object, the chart
+refuses more consumers than partitions and objects whose API the cluster lacks, the predictor listens on every
+interface with its deadline and size limit, only listed callers reach its API and Prometheus only its metrics
+port, the `helm test` pods are such callers, every workload takes the scheduling values, the images can be
+pinned by digest, KEDA scales the consumer on its lag, retraining runs files/retrain.sh in a TrainJob on the
+chart's or a cluster's runtime (torchrun, then finetune and the promotion gate on node 0) and on a schedule
+with an account that may only submit TrainJobs, the chart README is generated from values.yaml, and the
+dashboard and the alerts only query metrics that the code exports."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -36,12 +40,15 @@ SCRIPT = ROOT / "scripts" / "k8s-validate.sh"
 CHART = ROOT / "helm" / "pinrec"
 KUBE_VERSION = "1.31.0"
 KIND_VALUES = CHART / "values-kind.yaml"
-CI_SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
+TRAINING_VALUES = CHART / "ci" / "training-values.yaml"
 # The custom resource APIs of ../shared/k8s/crds, as a cluster with them would report; helm template reports
 # none by itself, and the chart refuses an object whose API is missing.
-SERVED_APIS = ("serving.kserve.io/v1beta1", "monitoring.coreos.com/v1")
+TRAINER_API = "trainer.kubeflow.org/v1alpha1"
+SERVED_APIS = ("serving.kserve.io/v1beta1", "monitoring.coreos.com/v1", TRAINER_API)
 KEDA_API = "keda.sh/v1alpha1"  # no CRD in ../shared/k8s/crds: kubeconform cannot check its objects
 HELM_TEST_SCRIPT = CHART / "files" / "helm-test.py"
+RETRAIN_SCRIPT = CHART / "files" / "retrain.sh"
+SUBMIT_SCRIPT = CHART / "files" / "submit-trainjob.py"
 TOOLS = {tool.name: go_tool_path(Settings.from_env().local_stack, tool) for tool in GO_TOOLS}
 
 pytestmark = pytest.mark.skipif(
@@ -87,6 +94,9 @@ DIGEST = "sha256:" + "ab" * 32
 PINNED_AND_PLACED = (
     "sink.enabled=true",
     "sink.out=s3://bucket/events",
+    "training.enabled=true",
+    "training.eventLog=/mnt/models/event-log",
+    "training.schedule=0 3 * * *",
     f"image.digest={DIGEST}",
     f"kafka.image.digest={DIGEST}",
     f"redis.builtin.image.digest={DIGEST}",
@@ -105,16 +115,22 @@ PLACEMENT_JSON = (
 )
 
 
+# Retraining on an existing ClusterTrainingRuntime, with a TrainJob at install: the TrainJob's runtimePatches.
+CLUSTER_RUNTIME = ("training.runtime.clusterTrainingRuntime=torch-distributed", "training.runOnInstall=true")
+
+
 def extra_renders() -> dict[str, list[dict]]:
-    """Renders validated besides the values files: each ci/ scenario on the kind values, every scheduling
-    value, and KEDA autoscaling, whose ScaledObject is left out (no KEDA CRD, so no schema for it)."""
+    """Renders validated besides the values files and the ci/ scenarios (the script renders those): every
+    scheduling value, retraining on a cluster's runtime, and KEDA autoscaling, whose ScaledObject is left out
+    (no KEDA CRD, so no schema for it)."""
     renders = {
-        f"ci-{path.name.removesuffix('-values.yaml')}": helm_objects(values_files=(KIND_VALUES, path))
-        for path in CI_SCENARIOS
+        "pinned-and-placed": helm_objects(
+            *PINNED_AND_PLACED, values_files=(KIND_VALUES,), set_json=PLACEMENT_JSON
+        ),
+        "cluster-runtime": helm_objects(
+            *CLUSTER_RUNTIME, *PINNED_AND_PLACED, values_files=(KIND_VALUES,), set_json=PLACEMENT_JSON
+        ),
     }
-    renders["pinned-and-placed"] = helm_objects(
-        *PINNED_AND_PLACED, values_files=(KIND_VALUES,), set_json=PLACEMENT_JSON
-    )
     autoscaled = helm_objects("consumer.autoscaling.enabled=true", api_versions=(*SERVED_APIS, KEDA_API))
     renders["autoscaled"] = [doc for doc in autoscaled if not doc["apiVersion"].startswith("keda.sh/")]
     return renders
@@ -141,9 +157,16 @@ def test_validation_script_passes(validation: tuple[subprocess.CompletedProcess,
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "k8s validation passed" in result.stdout
     assert {"default.yaml", "kind.yaml", "production.yaml", "rules.yaml"} <= {p.name for p in out.iterdir()}
-    assert {"ci-monitoring.yaml", "ci-production-like.yaml", "pinned-and-placed.yaml", "autoscaled.yaml"} <= {
+    assert {
+        "ci-monitoring.yaml",
+        "ci-production-like.yaml",
+        "ci-training.yaml",
+        "ci-training-embedded.yaml",
+    } <= {p.name for p in out.iterdir()}
+    assert {"pinned-and-placed.yaml", "cluster-runtime.yaml", "autoscaled.yaml"} <= {
         p.name for p in out.iterdir()
     }
+    assert "embedded TrainJob/pinrec-retrain-" in result.stdout
 
 
 def test_validation_fails_on_an_invalid_object(
@@ -294,16 +317,24 @@ def test_pod_monitor_scrapes_the_predictor_metrics_port(
 
 def pods(docs: list[dict]) -> dict[str, tuple[dict, dict]]:
     """The labels and the spec of every pod a render creates, by "Kind/name" of what creates it: workload
-    templates, hook and test pods, the predictor (KServe copies its labels onto the pods)."""
+    templates, hook and test pods, the CronJob's pods, the predictor (KServe copies its labels onto the pods)
+    and the training runtime's pods ("TrainingRuntime/name/job")."""
     found = {}
     for doc in docs:
         name, spec = f"{doc['kind']}/{doc['metadata']['name']}", doc.get("spec", {})
         if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             found[name] = (spec["template"]["metadata"]["labels"], spec["template"]["spec"])
+        elif doc["kind"] == "CronJob":
+            template = spec["jobTemplate"]["spec"]["template"]
+            found[name] = (template["metadata"]["labels"], template["spec"])
         elif doc["kind"] == "Pod":
             found[name] = (doc["metadata"]["labels"], spec)
         elif doc["kind"] == "InferenceService":
             found[name] = (spec["predictor"]["labels"], spec["predictor"])
+        elif doc["kind"] == "TrainingRuntime":
+            for job in spec["template"]["spec"]["replicatedJobs"]:
+                template = job["template"]["spec"]["template"]
+                found[f"{name}/{job['name']}"] = (template["metadata"]["labels"], template["spec"])
     return found
 
 
@@ -356,11 +387,12 @@ def test_helm_test_pods_are_callers_the_network_policies_admit(
         assert name == f"Pod/pinrec-test-{check}"
 
 
+@pytest.mark.parametrize("values", ["default", "ci-training"])
 def test_every_pod_meets_the_restricted_pod_security_level(
-    validation: tuple[subprocess.CompletedProcess, Path],
+    validation: tuple[subprocess.CompletedProcess, Path], values: str
 ) -> None:
     _, out = validation
-    for name, spec in pod_specs(rendered(out, "default")).items():
+    for name, spec in pod_specs(rendered(out, values)).items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in spec.get("initContainers", []) + spec["containers"]:
@@ -507,9 +539,10 @@ def test_every_pod_takes_the_scheduling_values_and_the_image_digests(
     workloads = {"Deployment/pinrec-consumer", "Deployment/pinrec-sink", "Deployment/pinrec-redis"}
     workloads |= {"StatefulSet/pinrec-kafka", "InferenceService/pinrec", "Job/pinrec-kafka-topics"}
     workloads |= {"Job/pinrec-feast-apply", "Job/pinrec-model-bootstrap", "Pod/pinrec-test-rest"}
+    workloads |= {"CronJob/pinrec-retrain", "TrainingRuntime/pinrec-trainer/node"}
     assert workloads <= set(found)
     for name, (labels, spec) in found.items():
-        hook = name.startswith(("Job/", "Pod/"))
+        hook = name.startswith(("Job/", "Pod/", "CronJob/"))
         predictor = name == "InferenceService/pinrec"
         assert spec["priorityClassName"] == ("pinrec-serving" if predictor else "pinrec-default"), name
         assert spec["nodeSelector"] == (
@@ -717,3 +750,332 @@ def test_passing_test_pods_are_deleted_unless_kept_for_their_logs(keep: bool, po
     tests = [d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
     assert len(tests) == 3
     assert {d["metadata"]["annotations"]["helm.sh/hook-delete-policy"] for d in tests} == {policy}
+
+
+def trainjob_of(docs: list[dict]) -> dict:
+    """The TrainJob every retraining creates: the one the training ConfigMap carries."""
+    configmap = the_object(docs, "ConfigMap", "pinrec-training")
+    return yaml.safe_load(configmap["data"]["trainjob.yaml"])
+
+
+@pytest.mark.parametrize(
+    ("sets", "runtime_ref"),
+    [
+        ((), {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": "pinrec-trainer"}),
+        (
+            ("training.runtime.clusterTrainingRuntime=torch-distributed",),
+            {
+                "apiGroup": "trainer.kubeflow.org",
+                "kind": "ClusterTrainingRuntime",
+                "name": "torch-distributed",
+            },
+        ),
+    ],
+)
+def test_the_trainjob_runs_on_the_charts_runtime_or_a_cluster_runtime(
+    sets: tuple[str, ...], runtime_ref: dict
+) -> None:
+    docs = helm_objects(*sets, values_files=(KIND_VALUES, TRAINING_VALUES))
+    trainjob = trainjob_of(docs)
+    assert trainjob["metadata"]["generateName"] == "pinrec-retrain-" and "name" not in trainjob["metadata"]
+    assert trainjob["spec"]["runtimeRef"] == runtime_ref
+    trainer = trainjob["spec"]["trainer"]
+    assert trainer["command"] == ["bash", "/etc/pinrec/training/retrain.sh"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (1, 1)
+    assert trainer["resourcesPerNode"]["limits"] == {"cpu": "2", "memory": "3Gi"}
+    assert not [e for e in trainer["env"] if e["name"].startswith("PET_")], "the torch runtime sets PET_*"
+    runtimes = [doc for doc in docs if doc["kind"] == "TrainingRuntime"]
+    if runtime_ref["kind"] == "TrainingRuntime":
+        (runtime,) = runtimes
+        assert runtime["spec"]["mlPolicy"] == {"numNodes": 1, "torch": {}}
+        (job,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+        assert job["name"] == "node"
+        assert job["template"]["metadata"]["labels"] == {
+            "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"
+        }
+        pod = job["template"]["spec"]["template"]["spec"]
+        assert "runtimePatches" not in trainjob["spec"]
+    else:
+        assert not runtimes
+        (patch,) = trainjob["spec"]["runtimePatches"]
+        (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+        assert job["name"] == "node"
+        pod = job["template"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "node"  # the trainer container Trainer looks for
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == {
+        "tmp": "/tmp",
+        "models": "/mnt/models",
+        "feature-repo": "/var/lib/pinrec/feature_repo",
+        "training": "/etc/pinrec/training",
+    }
+    assert (
+        pod["securityContext"]["runAsNonRoot"]
+        and container["securityContext"]["allowPrivilegeEscalation"] is False
+    )
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "pinrec-models"}
+    assert volumes["training"]["configMap"]["name"] == "pinrec-training"
+
+
+def test_a_cluster_runtimes_pods_get_the_charts_placement_through_runtime_patches(
+    validation: tuple[subprocess.CompletedProcess, Path],
+) -> None:
+    _, out = validation
+    docs = rendered(out, "cluster-runtime")
+    hook = the_object(docs, "TrainJob", "pinrec-retrain-initial")  # training.runOnInstall
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "post-install"
+    assert hook["spec"] == trainjob_of(docs)["spec"]
+    assert hook["spec"]["trainer"]["image"].endswith(f"@{DIGEST}")
+    (patch,) = hook["spec"]["runtimePatches"]
+    template = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"][
+        "template"
+    ]
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "trainer"
+    assert template["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert [t["key"] for t in template["spec"]["tolerations"]] == ["pinrec.io/dedicated"]
+    assert template["spec"]["affinity"]["nodeAffinity"]
+    # runtimePatches carry no topology spread or priority class: the cluster's runtime places those.
+    assert not {"topologySpreadConstraints", "priorityClassName"} & template["spec"].keys()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(4, 4), ("auto", None)])
+def test_num_proc_per_node_auto_leaves_it_to_trainer(value: int | str, expected: int | None) -> None:
+    docs = helm_objects(f"training.numProcPerNode={value}", values_files=(KIND_VALUES, TRAINING_VALUES))
+    assert trainjob_of(docs)["spec"]["trainer"].get("numProcPerNode") == expected
+    refused = helm_template("training.numProcPerNode=gpu", values_files=(KIND_VALUES, TRAINING_VALUES))
+    assert refused.returncode != 0 and "/training/numProcPerNode" in refused.stderr
+
+
+RETRAIN_STUB = """#!/usr/bin/env bash
+# Records its call (one line, shell-quoted) and exits as told.
+printf '%q ' "$(basename "$0")" "$@" >> "$RETRAIN_CALLS"
+echo >> "$RETRAIN_CALLS"
+if [[ $(basename "$0") == pinrec && $1 == promote ]]; then exit "${PROMOTE_STATUS:-0}"; fi
+exit "${STUB_STATUS:-0}"
+"""
+
+
+def run_retrain(
+    tmp_path: Path, args: list[str], **env: str
+) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """files/retrain.sh as the trainer runs it, with `torchrun` and `pinrec` replaced by recording stubs."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir(exist_ok=True)
+    for name in ("torchrun", "pinrec"):
+        (stubs / name).write_text(RETRAIN_STUB)
+        (stubs / name).chmod(0o755)
+    calls = tmp_path / "calls"
+    calls.unlink(missing_ok=True)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PET_", "JOB_COMPLETION_INDEX"))}
+    environment |= {"PATH": f"{stubs}:{os.environ['PATH']}", "RETRAIN_CALLS": str(calls), **env}
+    result = subprocess.run(
+        ["bash", str(RETRAIN_SCRIPT), *args], env=environment, capture_output=True, text=True, timeout=60
+    )
+    recorded = [shlex.split(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return result, recorded
+
+
+@pytest.fixture(scope="module")
+def training_render() -> list[dict]:
+    return helm_objects(values_files=(KIND_VALUES, TRAINING_VALUES))
+
+
+def test_the_trainer_runs_torchrun_then_finetunes_and_promotes_on_node_0(
+    training_render: list[dict], tmp_path: Path
+) -> None:
+    trainer = trainjob_of(training_render)["spec"]["trainer"]
+    shipped = the_object(training_render, "ConfigMap", "pinrec-training")["data"]["retrain.sh"]
+    assert shipped == RETRAIN_SCRIPT.read_text()
+
+    result, calls = run_retrain(tmp_path, trainer["args"], PET_NODE_RANK="0", PET_NNODES="2")
+
+    assert result.returncode == 0, result.stderr
+    (release,) = re.findall(r"/mnt/models/releases/(\d{8}T\d{6}Z)/pretrained", " ".join(calls[0]))
+    pretrained, candidate = (
+        f"/mnt/models/releases/{release}/pretrained",
+        f"/mnt/models/releases/{release}/finetuned-{release}",
+    )
+    log = ["--data", "/mnt/models/event-log"]
+    assert calls == [
+        ["torchrun", "--no-python", "pinrec", "train", *log, "--out", pretrained, "--time-budget-min", "10"],
+        ["pinrec", "finetune", "--artifact", pretrained, *log]
+        + ["--surface", "home", "--surface", "search", "--surface", "related", "--out", candidate],
+        [
+            "pinrec",
+            "promote",
+            "--candidate",
+            candidate,
+            "--serving",
+            "/mnt/models/current",
+            "--tolerance",
+            "0",
+        ],
+    ]
+    assert f"now serving {candidate}" in result.stdout
+
+
+def test_only_node_0_finetunes_and_promotes(training_render: list[dict], tmp_path: Path) -> None:
+    args = trainjob_of(training_render)["spec"]["trainer"]["args"]
+    result, calls = run_retrain(tmp_path, args, PET_NODE_RANK="1", PET_NNODES="2")
+    assert result.returncode == 0, result.stderr
+    assert [call[:4] for call in calls] == [["torchrun", "--no-python", "pinrec", "train"]]
+    # Without PET_NODE_RANK, the Job's completion index says which node this is.
+    _, calls = run_retrain(tmp_path, args, JOB_COMPLETION_INDEX="1")
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("promote_status", "exit_status"), [("3", 0), ("1", 1)])
+def test_a_refused_candidate_ends_the_run_successfully(
+    training_render: list[dict], tmp_path: Path, promote_status: str, exit_status: int
+) -> None:
+    args = trainjob_of(training_render)["spec"]["trainer"]["args"]
+    result, calls = run_retrain(tmp_path, args, PROMOTE_STATUS=promote_status)
+    assert result.returncode == exit_status, result.stderr
+    assert calls[-1][:2] == ["pinrec", "promote"]
+
+
+def test_a_failed_training_stops_the_run(training_render: list[dict], tmp_path: Path) -> None:
+    args = trainjob_of(training_render)["spec"]["trainer"]["args"]
+    result, calls = run_retrain(tmp_path, args, STUB_STATUS="1")
+    assert result.returncode == 1
+    assert [call[0] for call in calls] == ["torchrun"]
+    result, _ = run_retrain(tmp_path, ["--event-log", "/x", "--models", "/mnt/models"])
+    assert result.returncode == 2 and "--serving" in result.stderr
+
+
+def test_the_retrain_script_is_valid_bash_and_shellcheck_clean() -> None:
+    assert subprocess.run(["bash", "-n", str(RETRAIN_SCRIPT)], capture_output=True).returncode == 0
+    assert RETRAIN_SCRIPT.read_text().splitlines()[:1] == ["#!/usr/bin/env bash"]
+    assert "set -euo pipefail" in RETRAIN_SCRIPT.read_text()
+    shellcheck = ROOT / ".venv" / "bin" / "shellcheck"
+    if shellcheck.exists():
+        result = subprocess.run([str(shellcheck), str(RETRAIN_SCRIPT)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_the_cronjob_submits_retraining_only_with_a_schedule(training_render: list[dict]) -> None:
+    cronjob = the_object(training_render, "CronJob", "pinrec-retrain")["spec"]
+    assert (cronjob["schedule"], cronjob["timeZone"], cronjob["concurrencyPolicy"]) == (
+        "0 3 * * *",
+        "Etc/UTC",
+        "Forbid",
+    )
+    assert (cronjob["successfulJobsHistoryLimit"], cronjob["failedJobsHistoryLimit"]) == (3, 3)
+    pod = cronjob["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "pinrec-retrain" and pod["automountServiceAccountToken"] is True
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "/etc/pinrec/training/submit-trainjob.py"]
+    unscheduled = helm_objects("training.schedule=", values_files=(KIND_VALUES, TRAINING_VALUES))
+    assert not {"CronJob", "Role", "RoleBinding"} & {doc["kind"] for doc in unscheduled}
+    assert trainjob_of(unscheduled) == trainjob_of(training_render)
+
+
+def test_the_submitter_may_only_create_get_and_list_trainjobs(training_render: list[dict]) -> None:
+    (role,) = [doc for doc in training_render if doc["kind"] in ("Role", "ClusterRole")]
+    assert role["rules"] == [
+        {
+            "apiGroups": ["trainer.kubeflow.org"],
+            "resources": ["trainjobs"],
+            "verbs": ["create", "get", "list"],
+        }
+    ]
+    (binding,) = [doc for doc in training_render if doc["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pinrec-retrain", "namespace": "pinrec"}
+    ]
+    # Every other pod of the release keeps its token out.
+    for name, spec in pod_specs(training_render).items():
+        assert spec.get("automountServiceAccountToken") is (name == "CronJob/pinrec-retrain"), name
+
+
+def load_submit_script():
+    spec = importlib.util.spec_from_file_location("submit_trainjob", SUBMIT_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_submitter_takes_the_trainjob_the_chart_renders(
+    training_render: list[dict], tmp_path: Path
+) -> None:
+    submit = load_submit_script()
+    configmap = the_object(training_render, "ConfigMap", "pinrec-training")
+    manifest = tmp_path / "trainjob.yaml"
+    manifest.write_text(configmap["data"]["trainjob.yaml"])
+    assert submit.load_manifest(str(manifest)) == trainjob_of(training_render)
+    named = trainjob_of(training_render)
+    named["metadata"]["name"] = "fixed"
+    manifest.write_text(yaml.safe_dump(named))
+    with pytest.raises(SystemExit, match="generateName, no name"):
+        submit.load_manifest(str(manifest))
+    running = {"status": {"conditions": [{"type": "Created", "status": "True"}]}}
+    done = {
+        "status": {
+            "conditions": [{"type": "Created", "status": "True"}, {"type": "Complete", "status": "True"}]
+        }
+    }
+    assert (submit.finished({}), submit.finished(running), submit.finished(done)) == (False, False, True)
+
+
+def test_training_pods_admit_only_each_other(training_render: list[dict]) -> None:
+    trainers = {
+        "app.kubernetes.io/name": "pinrec",
+        "app.kubernetes.io/instance": "pinrec",
+        "app.kubernetes.io/component": "trainer",
+    }
+    policy = the_object(training_render, "NetworkPolicy", "pinrec-trainer")["spec"]
+    assert policy["podSelector"] == {"matchLabels": trainers}
+    # Any port: torchrun's store on 29400, and gloo's or NCCL's connections on ports they pick.
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": trainers}}]}]
+    pod_labels_ = pods(training_render)["TrainingRuntime/pinrec-trainer/node"][0]
+    assert trainers.items() <= pod_labels_.items()
+
+
+def test_training_without_the_trainer_api_fails_the_render_with_the_reason() -> None:
+    served = tuple(api for api in SERVED_APIS if api != TRAINER_API)
+    result = helm_template(values_files=(KIND_VALUES, TRAINING_VALUES), api_versions=served)
+    assert result.returncode != 0
+    assert (
+        f"training.enabled needs the TrainJob API ({TRAINER_API}), which the cluster does not serve"
+        in result.stderr
+    )
+    assert f"Pass --api-versions {TRAINER_API}" in result.stderr
+    assert helm_template(api_versions=served).returncode == 0  # training off: no Trainer needed
+
+
+def test_training_reads_an_object_store_event_log_and_names_its_release_after_the_trainjob() -> None:
+    docs = helm_objects(
+        "sink.out=s3://bucket/events", "sink.volume.claimName=", values_files=(KIND_VALUES, TRAINING_VALUES)
+    )
+    runtime = next(d for d in docs if d["kind"] == "TrainingRuntime")
+    assert runtime["spec"]["template"]["spec"]["failurePolicy"] == {"maxRestarts": 2}
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and "trainjob.yaml" in d.get("data", {}))
+    trainer = yaml.safe_load(config["data"]["trainjob.yaml"])["spec"]["trainer"]
+    assert trainer["args"][trainer["args"].index("--event-log") + 1] == "s3://bucket/events"
+    release = next(e for e in trainer["env"] if e["name"] == "PINREC_RELEASE_ID")
+    assert (
+        release["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['jobset.sigs.k8s.io/jobset-name']"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            ("model.storageUri=s3://models/v1", "model.bootstrap.enabled=false"),
+            "training.enabled retrains into the model claim",
+        ),
+        (("training.eventLog=/data/events",), "which is on no claim the trainer mounts"),
+        (("sink.enabled=false", "sink.out="), "training.enabled needs an event log"),
+    ],
+)
+def test_training_refuses_values_it_cannot_run_with(sets: tuple[str, ...], message: str) -> None:
+    result = helm_template(*sets, values_files=(KIND_VALUES, TRAINING_VALUES))
+    assert result.returncode != 0
+    assert message in result.stderr

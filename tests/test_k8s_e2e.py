@@ -16,7 +16,13 @@ import psutil
 import pytest
 import yaml
 
-from pinrec.localstack.chart_e2e import claims, predictor_pod, restricted_namespace, volume_for
+from pinrec.localstack.chart_e2e import (
+    claims,
+    embedded_objects,
+    predictor_pod,
+    restricted_namespace,
+    volume_for,
+)
 from pinrec.localstack.control_plane import STOP_ORDER
 from pinrec.localstack.k8s_tools import k8s_tool_paths
 from pinrec.localstack.processes import die_with_parent
@@ -105,6 +111,9 @@ def test_the_chart_installs_passes_helm_test_upgrades_and_uninstalls(tmp_path: P
     assert "7 applied server-side and Established" in steps["CRDs"]
     assert "enforce=restricted" in steps["namespace"]
     assert "defaults: " in steps["dry-runs"] and "values-production.yaml: " in steps["dry-runs"]
+    # The retraining scenario, and the TrainJob its CronJob creates, against Kubeflow Trainer's CRD.
+    assert "values-kind.yaml + training-values.yaml: " in steps["dry-runs"]
+    assert "TrainJob pinrec-retrain-* (dry-run create)" in steps["dry-runs"]
     assert steps["dry-runs"].endswith("accepted, no warning")
     assert "InferenceService" in steps["install"] and "StatefulSet" in steps["install"]
     for job in ("kafka-topics", "feast-apply", "model-bootstrap"):
@@ -193,3 +202,10 @@ def test_the_release_namespace_enforces_restricted_pod_security() -> None:
         "restricted"
     }
     yaml.safe_dump(restricted_namespace("x"))  # plain data, as server-side apply sends it
+
+
+def test_the_trainjob_a_configmap_carries_gets_its_own_dry_run() -> None:
+    training = helm_objects(values_files=(CHART / "values-kind.yaml", CHART / "ci" / "training-values.yaml"))
+    (trainjob,) = embedded_objects(training)
+    assert trainjob["kind"] == "TrainJob" and trainjob["metadata"]["generateName"] == "pinrec-retrain-"
+    assert embedded_objects(rendered_kind_release()) == []  # the dashboard's JSON is no object

@@ -49,7 +49,8 @@ NO_GENRE = frozenset({"unknown", "(no genres listed)"})
 
 ACCEPTED_FORMATS = (
     "a folder holding events.parquet (an EventLog, e.g. from `pinrec simulate`), "
-    "an event-log folder of `pinrec sink` (date=YYYY-MM-DD/*.parquet), "
+    "an event-log folder of `pinrec sink` (date=YYYY-MM-DD/*.parquet; also a URI of any filesystem pyarrow "
+    "knows: s3://, gs://, hdfs://, file://), "
     "a MovieLens 100K u.data file or its folder, a MovieLens ratings.csv file or its folder, "
     "or an S3-Rec sequence file (one line per user: `user_id item_id item_id ...`, integers only)"
 )
@@ -66,8 +67,11 @@ def dataset_name(path: Path) -> str:
     return path.stem.lower()
 
 
-def load_dataset(path: Path, vocabulary: Vocabulary = DEFAULT_VOCABULARY) -> EventLog:
-    """Load any supported dataset, choosing the loader from the path (see ACCEPTED_FORMATS)."""
+def load_dataset(path: Path | str, vocabulary: Vocabulary = DEFAULT_VOCABULARY) -> EventLog:
+    """Load any supported dataset, choosing the loader from the path (see ACCEPTED_FORMATS). A URI
+    (scheme://...) is the sink's event log on that filesystem (object storage)."""
+    if isinstance(path, str) and "://" in path:
+        return EventLog.read_sink(path, path.rstrip("/").rsplit("/", 1)[-1])
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset path {path} does not exist; pass {ACCEPTED_FORMATS}")

@@ -5,6 +5,7 @@ protocols, and padded training batches with next-item and future-window (multi-t
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -269,6 +270,11 @@ class TrainingBatch:
     target_actions: torch.Tensor  # (B, T, K)
     target_surfaces: torch.Tensor  # (B, T, K)
 
+    @property
+    def tokens(self) -> int:
+        """History tokens the model reads (padding excluded): what training throughput counts."""
+        return int((self.inputs.items > 0).sum())
+
 
 class Epoch:
     """An epoch's batches, each built when iterated; the count is known up front (progress bars)."""
@@ -292,14 +298,17 @@ def training_batches(
     rng: np.random.Generator,
     sampled_windows: int = 0,
     window_share: float = 1.0,
+    users: np.ndarray | None = None,
 ) -> Epoch:
     """One pass over the users in random order. Each user contributes a window of up to max_len + 1 of their
     training events ending at a random point (all of them when they fit); position j predicts event j + 1
     ("next", offset 0) and, for each window offset (or `sampled_windows` of them drawn per position), one
     event drawn uniformly from those within the window after event j (multi-token targets; the draws change
-    every epoch). Only a `window_share` of the positions, drawn at random, keep their window targets."""
+    every epoch). Only a `window_share` of the positions, drawn at random, keep their window targets.
+    `users` (a boolean mask over rows) limits the pass to some users: a data shard."""
     starts = histories.offsets[:-1]
-    rows = np.flatnonzero(train_ends - starts >= 2)
+    trainable = train_ends - starts >= 2
+    rows = np.flatnonzero(trainable if users is None else trainable & users)
 
     def build(chosen: np.ndarray) -> TrainingBatch:
         lengths = train_ends[chosen] - starts[chosen]
@@ -326,6 +335,56 @@ def training_batches(
 
     lengths = np.minimum(train_ends[rows] - starts[rows], max_len)
     return Epoch(_length_bucketed(rows, lengths, batch_users, rng), build)
+
+
+class ShardedEpoch:
+    """A process's epoch of a sharded global batch: step by step, one micro-batch of each shard it owns,
+    concatenated in shard order; `steps` (the fewest batches of any shard, agreed by every process) bounds
+    it."""
+
+    def __init__(self, shard_epochs: list[Epoch], steps: int) -> None:
+        self.shard_epochs, self.steps = shard_epochs, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[TrainingBatch]:
+        steps = itertools.islice(zip(*self.shard_epochs, strict=False), self.steps)  # shards differ in length
+        return (concat_training_batches(parts) for parts in steps)
+
+
+def _left_pad(values: torch.Tensor, width: int, fill: torch.Tensor | int) -> torch.Tensor:
+    """values (B, T, ...) left-padded to (B, width, ...) with fill (a scalar, or one value per row)."""
+    missing = width - values.shape[1]
+    if missing == 0:
+        return values
+    pad = torch.zeros((values.shape[0], missing, *values.shape[2:]), dtype=values.dtype)
+    pad += fill if isinstance(fill, int) else fill.reshape(-1, *([1] * (values.dim() - 1)))
+    return torch.cat([pad, values], dim=1)
+
+
+def concat_training_batches(parts: tuple[TrainingBatch, ...]) -> TrainingBatch:
+    """The batches' rows in order, left-padded to the widest (times repeat each row's first, as
+    history_batch pads)."""
+    if len(parts) == 1:
+        return parts[0]
+    width = max(part.inputs.items.shape[1] for part in parts)
+
+    def rows(get, fill_of) -> torch.Tensor:
+        return torch.cat([_left_pad(get(part), width, fill_of(part)) for part in parts])
+
+    inputs = HistoryBatch(
+        rows(lambda p: p.inputs.items, lambda p: 0),
+        rows(lambda p: p.inputs.actions, lambda p: 0),
+        rows(lambda p: p.inputs.surfaces, lambda p: 0),
+        rows(lambda p: p.inputs.times, lambda p: p.inputs.times[:, 0]),
+    )
+    return TrainingBatch(
+        inputs,
+        rows(lambda p: p.targets, lambda p: 0),
+        rows(lambda p: p.target_actions, lambda p: 0),
+        rows(lambda p: p.target_surfaces, lambda p: 0),
+    )
 
 
 def _keep_sampled_windows(targets: np.ndarray, count: int, rng: np.random.Generator) -> None:

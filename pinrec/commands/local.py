@@ -159,7 +159,11 @@ def run_k8s_e2e(args: argparse.Namespace, settings: Settings) -> int:
         state_dir=state_dir,
         install_values=(chart / "values-kind.yaml", chart / "ci" / "monitoring-values.yaml"),
         upgrade_values=(chart / "ci" / "production-like-values.yaml",),
-        dry_run_values=((), (chart / "values-production.yaml",)),
+        dry_run_values=(
+            (),
+            (chart / "values-production.yaml",),
+            (chart / "values-kind.yaml", chart / "ci" / "training-values.yaml"),
+        ),
         install_set=tuple(args.install_set),
         nodes=args.nodes,
         timeout_s=args.timeout_s,

@@ -31,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     simulate.set_defaults(handler=run_simulate)
 
     train = subparsers.add_parser(
-        "train", help="pretrain the backbone and shared head on positive actions of all surfaces"
+        "train",
+        help="pretrain the backbone and shared head on positive actions of all surfaces",
+        description="Pretrain on one process, or data-parallel under torchrun: `torchrun --nproc-per-node N "
+        "--no-python pinrec train ...` (gloo on CPU, NCCL when each process has a GPU; rank 0 validates and "
+        "writes the checkpoint and the artifact; with --max-restarts, restarted processes resume from the "
+        "checkpoint).",
     )
     _data_option(train)
     train.add_argument("--out", type=Path, required=True, help="new artifact directory (must not exist)")
@@ -47,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("hash-tables", 0, "hash item ids into this many smaller tables (0: one table per item)"),
     ):
         train.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default})")
+    train.add_argument("--dropout", type=float, default=0.5, help="dropout rate (default 0.5)")
     train.set_defaults(handler=run_train)
 
     finetune = subparsers.add_parser(
@@ -75,10 +81,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _data_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
-        type=Path,
+        type=_data_location,
         required=True,
-        help="an event log folder (pinrec simulate), an S3-Rec .txt, MovieLens u.data or ratings.csv",
+        help="an event log folder (pinrec simulate), the sink's event log (a folder, or a URI of any "
+        "filesystem pyarrow knows: s3://bucket/events, gs://..., hdfs://...), an S3-Rec .txt, MovieLens "
+        "u.data or ratings.csv",
     )
+
+
+def _data_location(value: str) -> Path | str:
+    """A URI stays a string (Path would fold its //); anything else is a local path."""
+    return value if "://" in value else Path(value)
 
 
 def _training_options(parser: argparse.ArgumentParser) -> None:
@@ -88,14 +101,47 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
-    parser.add_argument("--checkpoint", type=Path, help="resumable checkpoint file (resumes when present)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="resumable checkpoint file (resumes when present; under torchrun default <out>.checkpoint.pt)",
+    )
+    parser.add_argument(
+        "--data-shards",
+        type=int,
+        default=0,
+        help="split the training users into this many shards by id, a global batch taking a micro-batch of "
+        "each (default: one per process); one process with --data-shards N trains exactly as N processes",
+    )
 
 
 def _train_config(args: argparse.Namespace):
     from pinrec.model.train import TrainConfig
 
     budget = args.time_budget_min * 60 if args.time_budget_min else None
-    return TrainConfig(time_budget_s=budget, max_epochs=args.max_epochs, seed=args.seed, threads=args.threads)
+    return TrainConfig(
+        time_budget_s=budget,
+        max_epochs=args.max_epochs,
+        seed=args.seed,
+        threads=args.threads,
+        data_shards=args.data_shards,
+    )
+
+
+def _checkpoint(args: argparse.Namespace, distributed: bool) -> Path | None:
+    """--checkpoint, or under torchrun one beside --out: restarted processes resume from it."""
+    if args.checkpoint is not None or not distributed:
+        return args.checkpoint
+    return args.out.with_name(f"{args.out.name}.checkpoint.pt")
+
+
+def _surface_checkpoint(checkpoint: Path | None, surface: str) -> Path | None:
+    """One checkpoint per surface's head: name.pt -> name.<surface>.pt."""
+    return (
+        None
+        if checkpoint is None
+        else checkpoint.with_name(f"{checkpoint.stem}.{surface}{checkpoint.suffix}")
+    )
 
 
 def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -114,6 +160,15 @@ def run_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.model.distributed import process_group
+
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
+    with process_group() as group:
+        return _train(args, settings, group)
+
+
+def _train(args: argparse.Namespace, settings: Settings, group) -> int:
     from pinrec.model.artifacts import save_trained
     from pinrec.model.data.loaders import load_dataset
     from pinrec.model.data.prepare import prepare
@@ -121,8 +176,6 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.model.pretrain import base_config, new_model, pretrain
     from pinrec.model.train import plot_curves
 
-    if args.out.exists():
-        raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
     vocabulary = settings.vocabulary
     data = prepare(load_dataset(args.data, vocabulary), vocabulary)
     split = leave_one_out(data.histories)  # the second-to-last action of each user validates
@@ -133,12 +186,15 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
         heads=args.heads,
         max_len=args.max_len,
         hash_tables=args.hash_tables,
+        dropout=args.dropout,
     ).with_variant(args.variant)
     model = new_model(config, data, seed=args.seed)
-    result = pretrain(
-        model, data, split.train_ends, split.valid, _train_config(args), checkpoint=args.checkpoint
-    )
-    metrics = {"validation_ndcg@10": result.best_metric, "training": result.to_dict()}
+    checkpoint = _checkpoint(args, group.enabled)
+    result = pretrain(model, data, split.train_ends, split.valid, _train_config(args), checkpoint=checkpoint)
+    if not group.is_main:
+        return 0  # rank 0 writes the artifact
+    training = result.to_dict() | {"processes": group.world_size, "backend": group.backend or "single"}
+    metrics = {"validation_ndcg@10": result.best_metric, "training": training}
     save_trained(args.out, model, data, metrics)
     plot_curves({args.variant: result.curve}, args.out / "training-curve.png", "NDCG@10")
     print(f"wrote {args.out} (validation NDCG@10 {result.best_metric:.4f}, {result.seconds:.0f} s)")
@@ -146,6 +202,15 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.model.distributed import process_group
+
+    if args.out.exists():
+        raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
+    with process_group() as group:
+        return _finetune(args, group)
+
+
+def _finetune(args: argparse.Namespace, group) -> int:
     import numpy as np
 
     from pinrec.model.artifacts import load_artifact, save_trained
@@ -153,8 +218,6 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.model.data.prepare import prepare
     from pinrec.model.finetune import finetune_surface
 
-    if args.out.exists():
-        raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
     artifact = load_artifact(args.artifact)
     vocabulary = artifact.vocabulary
     data = prepare(load_dataset(args.data, vocabulary), vocabulary, item_ids=artifact.item_ids)
@@ -172,9 +235,12 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
             vocabulary.surface_code(surface),
             every_user,
             _train_config(args),
+            checkpoint=_surface_checkpoint(_checkpoint(args, group.enabled), surface),
             freeze_backbone=not args.unfreeze_backbone,
         )
         metrics[f"finetune_{surface}_hit@10"] = result.best_metric
+    if not group.is_main:
+        return 0  # rank 0 writes the artifact
     save_trained(args.out, artifact.model, data, metrics)  # data's catalog is the artifact's
     print(f"wrote {args.out} with heads {', '.join(artifact.model.heads.keys())}")
     return 0

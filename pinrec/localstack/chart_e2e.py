@@ -236,9 +236,10 @@ def restricted_namespace(name: str) -> dict:
 def server_dry_run(api: KubeApi, manifests: list[dict], namespace: str) -> list[str]:
     """A strict server-side dry-run apply of every object, in a namespace of its own at Pod Security
     `restricted`: what the API server refuses (schema, unknown fields, Pod Security for pods) and what it
-    warns about (Pod Security for workloads). Only the ServiceAccounts are created for real (admission
-    looks pods' accounts up), and the namespaces objects name for themselves (a dashboard's `monitoring`);
-    the namespaces are deleted afterwards."""
+    warns about (Pod Security for workloads). The objects ConfigMaps carry for a CronJob to create (the
+    retraining TrainJob, named by generateName) get a strict dry-run create, as the CronJob will make them.
+    Only the ServiceAccounts are created for real (admission looks pods' accounts up), and the namespaces
+    objects name for themselves (a dashboard's `monitoring`); the namespaces are deleted afterwards."""
     api.apply(restricted_namespace(namespace))
     others = {m["metadata"]["namespace"] for m in manifests if m["metadata"].get("namespace")} - {namespace}
     for other in others:
@@ -251,10 +252,34 @@ def server_dry_run(api: KubeApi, manifests: list[dict], namespace: str) -> list[
             api.apply(manifest, namespace, dry_run=manifest["kind"] != "ServiceAccount")
         except KubeApiError as error:
             problems.append(str(error))
-        problems += [f"{manifest['kind']} {manifest['metadata']['name']}: {w}" for w in api.take_warnings()]
+        problems += [f"{_object_name(manifest)}: {w}" for w in api.take_warnings()]
+    for embedded in embedded_objects(manifests):
+        try:
+            api.create_dry_run(embedded, namespace)
+        except KubeApiError as error:
+            problems.append(f"{_object_name(embedded)} (in a ConfigMap): {error}")
+        problems += [f"{_object_name(embedded)}: {w}" for w in api.take_warnings()]
     for created in (namespace, *others):
         api.delete("v1", "Namespace", created)
     return problems
+
+
+def embedded_objects(manifests: list[dict]) -> list[dict]:
+    """The objects rendered ConfigMaps carry for someone else to create (a `*.yaml` entry holding one object,
+    such as the TrainJob the retraining CronJob submits)."""
+    found = []
+    for configmap in (m for m in manifests if m["kind"] == "ConfigMap"):
+        for key, text in configmap.get("data", {}).items():
+            if key.endswith(".yaml"):
+                document = yaml.safe_load(text)
+                if isinstance(document, dict) and {"apiVersion", "kind", "metadata"} <= document.keys():
+                    found.append(document)
+    return found
+
+
+def _object_name(manifest: dict) -> str:
+    metadata = manifest["metadata"]
+    return f"{manifest['kind']} {metadata.get('name') or metadata.get('generateName', '?') + '*'}"
 
 
 def _names(files: tuple[Path, ...]) -> str:
@@ -418,7 +443,11 @@ def _install_test_upgrade_uninstall(
             problems = server_dry_run(api, objects, dry_run_namespace)
             if problems:
                 raise E2EFailure(f"the render of {_names(files)} was refused:\n" + "\n".join(problems))
-            detail.append(f"{_names(files)}: {len(objects)} objects")
+            carried = ", ".join(_object_name(m) for m in embedded_objects(objects))
+            detail.append(
+                f"{_names(files)}: {len(objects)} objects"
+                + (f" + {carried} (dry-run create)" if carried else "")
+            )
         detail.append("accepted, no warning")
     with summary.step("volumes") as detail:
         rendered = helm.render(release, settings.chart, install_args)

@@ -102,6 +102,12 @@ Usage: include "pinrec.requireApi" (dict "ctx" $ "api" "monitoring.coreos.com/v1
 {{/* Pod-level fields every pod of the release shares. */}}
 {{- define "pinrec.podCommon" -}}
 automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
+{{ include "pinrec.podSecurityContext" . }}
+{{- end -}}
+
+{{/* The pod security context and the image pull secrets, without the token setting (the retraining
+submitter mounts its token; runtimePatches of a ClusterTrainingRuntime's pods cannot set it). */}}
+{{- define "pinrec.podSecurityContext" -}}
 securityContext:
   {{- toYaml .Values.podSecurityContext | nindent 2 }}
 {{- with .Values.imagePullSecrets }}
@@ -291,7 +297,9 @@ so it never appears in the rendered manifest. */}}
 {{- end -}}
 {{- end -}}
 
-{{- define "pinrec.featureStoreEnv" -}}
+{{/* The feature store's settings and the vocabulary (PINREC_ACTIONS, PINREC_SURFACES): what every pinrec
+process of the release must agree on; no secret. */}}
+{{- define "pinrec.settingsEnv" -}}
 - name: HOME
   value: /tmp/pinrec
 - name: PINREC_HOME
@@ -310,6 +318,10 @@ so it never appears in the rendered manifest. */}}
 - name: PINREC_SURFACES
   value: {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+{{- define "pinrec.featureStoreEnv" -}}
+{{ include "pinrec.settingsEnv" . }}
 {{- if eq .Values.featureStore.onlineStore "redis" }}
 {{- if and (not .Values.redis.builtin.enabled) .Values.redis.external.passwordSecret.name }}
 - name: REDIS_PASSWORD
@@ -392,6 +404,19 @@ so it never appears in the rendered manifest. */}}
 {{- if and .Values.tests.enabled .Values.networkPolicy.enabled (not .Values.networkPolicy.predictor.allowedPods) -}}
 {{- fail "tests.enabled: the predictor's test pods carry the labels of the first networkPolicy.predictor.allowedPods entry, and there is none; list one or set tests.enabled to false" -}}
 {{- end -}}
+{{- if .Values.training.enabled -}}
+{{- if .Values.model.storageUri -}}
+{{- fail "training.enabled retrains into the model claim and re-points model.pvc.path there: leave model.storageUri empty" -}}
+{{- end -}}
+{{- $log := include "pinrec.trainingEventLog" . -}}
+{{- if not $log -}}
+{{- fail "training.enabled needs an event log: set training.eventLog, or sink.out (with sink.enabled) whose log it reads" -}}
+{{- end -}}
+{{- /* A URI (s3://, gs://, hdfs://) is read through pyarrow's filesystems; its credentials come from training.extraEnv. */ -}}
+{{- if not (or (contains "://" $log) (hasPrefix "/mnt/models/" $log) (include "pinrec.trainingReadsSinkClaim" .)) -}}
+{{- fail (printf "training reads the event log %s, which is on no claim the trainer mounts: put it under sink.volume.mountPath (with sink.volume.claimName) or under /mnt/models" $log) -}}
+{{- end -}}
+{{- end -}}
 {{- with .Values.consumer.autoscaling -}}
 {{- if and .enabled (gt (int (include "pinrec.consumerMaxReplicas" $)) $partitions) -}}
 {{- fail (printf "consumer.autoscaling.maxReplicas (%d) must not exceed kafka.topics.events.partitions (%d)" (int .maxReplicas) $partitions) -}}
@@ -400,4 +425,173 @@ so it never appears in the rendered manifest. */}}
 {{- fail "consumer.autoscaling.minReplicas must not exceed its maxReplicas" -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Retraining (training.*): Kubeflow Trainer v2 TrainJobs that run files/retrain.sh */}}
+
+{{- define "pinrec.requireTrainer" -}}
+{{- include "pinrec.requireApi" (dict "ctx" . "api" "trainer.kubeflow.org/v1alpha1" "kind" "TrainJob" "for" "training.enabled" "remedy" "install Kubeflow Trainer v2 (its CRDs and controller) or set it to false") -}}
+{{- end -}}
+
+{{/* The event log the trainer reads: training.eventLog, else the sink's sink.out. */}}
+{{- define "pinrec.trainingEventLog" -}}
+{{- .Values.training.eventLog | default .Values.sink.out | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* "true" when the trainer reads the event log from the sink's claim, mounted read-only where the sink mounts
+it; a log under /mnt/models is read from the model claim. */}}
+{{- define "pinrec.trainingReadsSinkClaim" -}}
+{{- $log := include "pinrec.trainingEventLog" . -}}
+{{- with .Values.sink.volume -}}
+{{- if and .claimName (hasPrefix (printf "%s/" (trimSuffix "/" .mountPath)) $log) (not (hasPrefix "/mnt/models/" $log)) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* TrainJob names: short enough for the pod host names JobSet derives from them ("<name>-node-0-0"). */}}
+{{- define "pinrec.trainJobPrefix" -}}
+{{- printf "%s-retrain" (include "pinrec.fullname" . | trunc 30 | trimSuffix "-") -}}
+{{- end -}}
+
+{{- define "pinrec.trainingConfigMap" -}}
+{{- include "pinrec.componentName" (dict "ctx" . "component" "training") -}}
+{{- end -}}
+
+{{/* The trainer pods' volumes: /tmp, the model claim (written), the feature repository, the event log's claim
+and retrain.sh. */}}
+{{- define "pinrec.trainerVolumes" -}}
+{{ include "pinrec.tmpVolume" . }}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "pinrec.modelsClaim" . }}
+{{ include "pinrec.featureRepoVolume" . }}
+- name: training
+  configMap:
+    name: {{ include "pinrec.trainingConfigMap" . }}
+    items:
+      - key: retrain.sh
+        path: retrain.sh
+{{- if include "pinrec.trainingReadsSinkClaim" . }}
+- name: event-log
+  persistentVolumeClaim:
+    claimName: {{ .Values.sink.volume.claimName }}
+    readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "pinrec.trainerVolumeMounts" -}}
+{{ include "pinrec.tmpMount" . }}
+- name: models
+  mountPath: /mnt/models
+- name: feature-repo
+  mountPath: {{ .Values.featureStore.repository.mountPath }}
+  readOnly: true
+- name: training
+  mountPath: /etc/pinrec/training
+  readOnly: true
+{{- if include "pinrec.trainingReadsSinkClaim" . }}
+- name: event-log
+  mountPath: {{ .Values.sink.volume.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* A TrainJob of retraining. With the chart's own TrainingRuntime its pods are described there; with a
+ClusterTrainingRuntime, runtimePatches give them the same labels, security contexts, volumes and the placement
+fields runtimePatches carry (nodeSelector, tolerations, affinity).
+Usage: include "pinrec.trainJob" (dict "ctx" $ "metadata" (dict "generateName" "x-")) */}}
+{{- define "pinrec.trainJob" -}}
+{{- $ctx := .ctx -}}
+{{- $training := $ctx.Values.training -}}
+{{- $component := dict "ctx" $ctx "component" "trainer" -}}
+apiVersion: trainer.kubeflow.org/v1alpha1
+kind: TrainJob
+metadata:
+  {{- toYaml .metadata | nindent 2 }}
+  labels:
+    {{- include "pinrec.componentLabels" $component | nindent 4 }}
+spec:
+  runtimeRef:
+    apiGroup: trainer.kubeflow.org
+    {{- with $training.runtime.clusterTrainingRuntime }}
+    kind: ClusterTrainingRuntime
+    name: {{ . }}
+    {{- else }}
+    kind: TrainingRuntime
+    name: {{ include "pinrec.componentName" $component }}
+    {{- end }}
+  activeDeadlineSeconds: {{ $training.activeDeadlineSeconds }}
+  trainer:
+    image: {{ include "pinrec.image" $ctx }}
+    command: ["bash", "/etc/pinrec/training/retrain.sh"]
+    args:
+      - --event-log
+      - {{ include "pinrec.trainingEventLog" $ctx | quote }}
+      - --models
+      - /mnt/models
+      - --serving
+      - {{ include "pinrec.artifactsPath" $ctx | quote }}
+      {{- range $ctx.Values.predictor.surfaces }}
+      - --surface
+      - {{ . | quote }}
+      {{- end }}
+      {{- range $training.trainArgs }}
+      - --train-arg
+      - {{ . | quote }}
+      {{- end }}
+      {{- range $training.finetuneArgs }}
+      - --finetune-arg
+      - {{ . | quote }}
+      {{- end }}
+      {{- range $training.gate.metrics }}
+      - --gate-metric
+      - {{ . | quote }}
+      {{- end }}
+      - --gate-tolerance
+      - {{ $training.gate.tolerance | quote }}
+    numNodes: {{ $training.numNodes }}
+    {{- if ne (toString $training.numProcPerNode) "auto" }}
+    numProcPerNode: {{ $training.numProcPerNode }}
+    {{- end }}
+    resourcesPerNode:
+      {{- toYaml $training.resourcesPerNode | nindent 6 }}
+    env:
+      {{- include "pinrec.settingsEnv" $ctx | nindent 6 }}
+      # The release folder is named after the TrainJob (its JobSet's name), so a restarted run finds its
+      # checkpoint again.
+      - name: PINREC_RELEASE_ID
+        valueFrom:
+          fieldRef:
+            fieldPath: metadata.labels['jobset.sigs.k8s.io/jobset-name']
+      {{- with $training.extraEnv }}
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
+  {{- if $training.runtime.clusterTrainingRuntime }}
+  {{- $placement := pick (include "pinrec.scheduling" (merge (dict "workload" $training) $component) | fromYaml) "nodeSelector" "tolerations" "affinity" }}
+  runtimePatches:
+    - manager: pinrec.io/helm-chart
+      trainingRuntimeSpec:
+        template:
+          spec:
+            replicatedJobs:
+              - name: node
+                template:
+                  spec:
+                    template:
+                      metadata:
+                        labels:
+                          {{- include "pinrec.componentLabels" $component | nindent 26 }}
+                      spec:
+                        serviceAccountName: {{ include "pinrec.serviceAccountName" $ctx }}
+                        {{- include "pinrec.podSecurityContext" $ctx | nindent 24 }}
+                        {{- with $placement }}
+                        {{- toYaml . | nindent 24 }}
+                        {{- end }}
+                        containers:
+                          - name: node
+                            {{- include "pinrec.containerSecurityContext" $ctx | nindent 28 }}
+                            volumeMounts:
+                              {{- include "pinrec.trainerVolumeMounts" $ctx | nindent 30 }}
+                        volumes:
+                          {{- include "pinrec.trainerVolumes" $ctx | nindent 24 }}
+  {{- end }}
 {{- end -}}

@@ -1,0 +1,167 @@
+"""Data-parallel training across processes (torchrun): the process group, and the few collectives that make
+a step of N processes the same step as one process over the same global batch.
+
+How the equality is kept:
+- The training users are split into `data_shards` shards by user id. A global batch takes one micro-batch
+  from every shard, in shard order; a process trains on the shards it owns (shards are dealt out to ranks in
+  contiguous runs), so one process with S shards and N processes with S shards see the same global batches.
+- Losses are weighted means over the global batch: each process divides its weighted sum by the global
+  weight sum (and multiplies by N, since DistributedDataParallel averages gradients), so the gradient is
+  that of the global mean.
+- Sampled softmax candidates are the distinct targets of the global batch plus random negatives that every
+  process draws alike (one generator, seeded alike); per-prediction random draws are made for the global
+  batch and each process takes its slice.
+- Dropout draws differ between processes: with dropout on, N processes train the same model only in
+  distribution.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op and training runs in one
+process as before.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""  # "gloo" | "nccl"; empty: not distributed
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
+
+    def owned_shards(self, shards: int) -> range:
+        """The shards this process trains on: a contiguous run, so shard order is rank order."""
+        if shards % self.world_size:
+            raise ValueError(
+                f"--data-shards {shards} must be a multiple of the {self.world_size} training processes"
+            )
+        per_rank = shards // self.world_size
+        return range(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over processes (no gradient flows through it)."""
+        if not self.enabled:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def min_int(self, value: int) -> int:
+        if not self.enabled:
+            return value
+        total = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(total, op=dist.ReduceOp.MIN)
+        return int(total.item())
+
+    def broadcast_float(self, value: float) -> float:
+        """Rank 0's value on every process."""
+        if not self.enabled:
+            return value
+        shared = torch.tensor([value], dtype=torch.float64)
+        dist.broadcast(shared, src=0)
+        return float(shared.item())
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """Every process's 1-d tensor, concatenated in rank order (lengths may differ)."""
+        if not self.enabled:
+            return values
+        lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
+        dist.all_gather(lengths, torch.tensor([len(values)], dtype=torch.int64))
+        longest = int(max(length.item() for length in lengths))
+        padded = torch.zeros(longest, dtype=values.dtype)
+        padded[: len(values)] = values
+        parts = [torch.zeros(longest, dtype=values.dtype) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([part[: int(length.item())] for part, length in zip(parts, lengths, strict=True)])
+
+    def local_slice(self, count: int) -> tuple[int, int]:
+        """Where this process's `count` items sit among every process's, in rank order: (start, total)."""
+        counts = self.gather(torch.tensor([count], dtype=torch.int64))
+        return int(counts[: self.rank].sum()), int(counts.sum())
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+_CURRENT = Distributed()
+
+
+def current() -> Distributed:
+    """The process group of this training run (a single process when not under torchrun)."""
+    return _CURRENT
+
+
+def init_from_environment(timeout_s: float = 1800.0) -> Distributed:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
+    MASTER_ADDR, MASTER_PORT): NCCL when this machine has a GPU for each local process, gloo otherwise."""
+    global _CURRENT
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or _CURRENT.enabled:
+        return _CURRENT
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    _CURRENT = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend)
+    log.info("rank %d of %d (%s)", _CURRENT.rank, world_size, backend)
+    return _CURRENT
+
+
+@contextmanager
+def process_group() -> Iterator[Distributed]:
+    """The process group for the length of a command: joined from torchrun's environment (or a single
+    process without it), left at the end."""
+    group = init_from_environment()
+    try:
+        yield group
+    finally:
+        shutdown()
+
+
+def shutdown() -> None:
+    global _CURRENT
+    if _CURRENT.enabled:
+        dist.destroy_process_group()
+    _CURRENT = Distributed()
+
+
+def user_shards(user_ids: np.ndarray, shards: int) -> np.ndarray:
+    """The shard of each user: a stable function of the id alone, so every process agrees on it."""
+    mixed = (user_ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    return (mixed % np.uint64(shards)).astype(np.int64)
+
+
+def global_mean(losses: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The weighted mean over the global batch, as this process's share of it: summed over processes (as
+    DistributedDataParallel's gradient averaging does, times the process count) it is the global mean."""
+    group = current()
+    weights = torch.ones_like(losses) if weights is None else weights
+    total = group.sum(weights.sum()).clamp(min=1e-12)
+    return (losses * weights).sum() / total * group.world_size

@@ -1,0 +1,181 @@
+"""Data-parallel training under torchrun (gloo on CPU): two processes give the loss of every step, the
+validation metric and the weights of one process with the same global batch (`--data-shards 2`) and seed,
+for pretraining and for finetuning (dropout off: dropout draws differ between processes); the two-process
+artifact loads and answers requests; a killed process makes torchrun restart the run, which resumes from
+rank 0's checkpoint; and the sink's event log is read through a pyarrow filesystem URI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pinrec.featurestore.event_log import DAY_MS, day_name, file_name
+from pinrec.featurestore.schema import EVENT_LOG_SCHEMA
+from pinrec.model.data.loaders import load_dataset
+from pinrec.model.distributed import Distributed, user_shards
+from pinrec.serving.engine import LoadedModel, Recommender
+from pinrec.serving.request import parse_instance
+from pinrec.serving.settings import ServeSettings
+from tests.helpers import REPO
+
+BIN = Path(sys.executable).parent
+MODEL = ["--dim", "32", "--dropout", "0"]
+SHARED = ["--data-shards", "2", "--seed", "3"]
+
+
+def pinrec(*args: str | Path, processes: int = 1, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """A pinrec command, under torchrun (one machine, a free rendezvous port) for several processes."""
+    command = [str(BIN / "pinrec"), *map(str, args)]
+    if processes > 1:
+        command = [
+            str(BIN / "torchrun"),
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "--no-python",
+        ] + command
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=timeout_s
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("ddp") / "data"
+    pinrec("simulate", "--small", "--users", "200", "--items", "500", "--days", "7", "--out", data)
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(world: Path) -> dict[int, Path]:
+    """The same pretraining and home-feed finetuning with one and with two processes."""
+    out = {}
+    for processes in (1, 2):
+        base = world.parent / f"pretrained-{processes}"
+        pinrec(
+            "train", "--data", world, "--out", base, "--max-epochs", "3", *MODEL, *SHARED, processes=processes
+        )
+        out[processes] = world.parent / f"finetuned-{processes}"
+        pinrec(
+            "finetune",
+            "--artifact",
+            base,
+            "--data",
+            world,
+            "--surface",
+            "home",
+            "--out",
+            out[processes],
+            "--max-epochs",
+            "3",
+            *SHARED,
+            processes=processes,
+        )
+    return out
+
+
+def manifest(path: Path) -> dict:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_two_processes_pretrain_as_one_over_the_same_global_batches(trained: dict[int, Path]) -> None:
+    one, two = (manifest(trained[p].parent / f"pretrained-{p}")["metrics"] for p in (1, 2))
+    assert two["training"]["processes"] == 2 and two["training"]["backend"] == "gloo"
+    curves = [m["training"]["curve"] for m in (one, two)]
+    assert [len(c) for c in curves] == [3, 3]
+    for epoch_one, epoch_two in zip(*curves, strict=True):
+        steps_one, steps_two = epoch_one["step_losses"], epoch_two["step_losses"]
+        print(f"epoch {epoch_one['epoch']}: steps 1 process {steps_one}\n         2 processes {steps_two}")
+        assert len(steps_one) == len(steps_two) >= 2
+        assert np.allclose(steps_one, steps_two, rtol=1e-4, atol=1e-5)
+        assert epoch_one["metric"] == pytest.approx(epoch_two["metric"], abs=1e-4)
+        assert epoch_one["tokens"] == epoch_two["tokens"] > 0
+    assert one["validation_ndcg@10"] == pytest.approx(two["validation_ndcg@10"], abs=1e-4)
+
+
+def test_two_processes_finetune_as_one_and_the_weights_agree(trained: dict[int, Path]) -> None:
+    one, two = (manifest(trained[p])["metrics"] for p in (1, 2))
+    assert one["finetune_home_hit@10"] == pytest.approx(two["finetune_home_hit@10"], abs=1e-4)
+    weights = [LoadedModel.load(trained[p]).model.state_dict() for p in (1, 2)]
+    assert weights[0].keys() == weights[1].keys()
+    worst = max(float((weights[0][k].double() - weights[1][k].double()).abs().max()) for k in weights[0])
+    print(f"largest weight difference, 1 vs 2 processes: {worst:.2e}")
+    assert worst < 1e-3
+
+
+def test_the_two_process_artifact_serves(trained: dict[int, Path]) -> None:
+    model = LoadedModel.load(trained[2])
+    recommender = Recommender(ServeSettings(trained[2]), model)
+    items = model.artifact.item_ids[:5].tolist()
+    instance = {"history": {"items": items}, "k": 10, "budget": {"save": 0.6, "click": 0.4}}
+    request = parse_instance(instance, "home", recommender.limits(model), int(time.time() * 1000))
+    answer = recommender.recommend(model, request, "home", recommender.read_histories([request])[0])
+    assert len(answer.item_ids) == 10 == len(set(answer.item_ids.tolist()))
+    assert not answer.cold_start
+
+
+def test_a_stopped_two_process_run_resumes_from_rank_zeros_checkpoint(world: Path) -> None:
+    """What a restart after a lost process does (torchrun --max-restarts starts every process again): the
+    processes load the checkpoint rank 0 wrote beside --out after its last epoch and go on from there."""
+    out = world.parent / "resumed"
+    checkpoint = out.with_name(f"{out.name}.checkpoint.pt")
+    pinrec(
+        "train",
+        "--data",
+        world,
+        "--out",
+        world.parent / "first-part",
+        "--checkpoint",
+        checkpoint,
+        "--max-epochs",
+        "2",
+        *MODEL,
+        processes=2,
+    )
+    assert checkpoint.exists()
+    result = pinrec("train", "--data", world, "--out", out, "--max-epochs", "4", *MODEL, processes=2)
+    assert (
+        "resumed from" in result.stdout + result.stderr and "after epoch 2" in result.stdout + result.stderr
+    )
+    curve = manifest(out)["metrics"]["training"]["curve"]
+    assert [c["epoch"] for c in curve] == [1, 2, 3, 4], (
+        "the first two epochs come from the checkpoint, none is lost or repeated"
+    )
+
+
+def test_users_are_dealt_to_shards_by_id_alone_and_shards_to_ranks_in_runs() -> None:
+    ids = np.arange(10_000, dtype=np.int64) * 7919
+    shards = user_shards(ids, 4)
+    assert set(np.unique(shards)) == {0, 1, 2, 3}
+    assert np.array_equal(user_shards(ids[::-1], 4), shards[::-1])
+    assert np.bincount(shards).min() > 2000
+    assert [list(Distributed(rank, 2).owned_shards(4)) for rank in (0, 1)] == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="multiple of the 2 training processes"):
+        Distributed(0, 2).owned_shards(3)
+
+
+def test_training_reads_the_sinks_event_log_through_a_filesystem_uri(world: Path, tmp_path: Path) -> None:
+    """The simulated events laid out as `pinrec sink` writes them (date=YYYY-MM-DD/part-*.parquet), read
+    through pyarrow's filesystem for a file:// URI, the way an s3:// or gs:// log is read."""
+    events = pq.read_table(world / "events.parquet").cast(EVENT_LOG_SCHEMA).to_pandas()
+    for day, part in events.groupby(events["ts_ms"] // DAY_MS):
+        folder = tmp_path / "log" / f"date={day_name(int(day))}"
+        folder.mkdir(parents=True)
+        table = pa.Table.from_pandas(part, schema=EVENT_LOG_SCHEMA, preserve_index=False)
+        pq.write_table(table, folder / file_name(0, 0, len(part)))
+    uri = f"file://{tmp_path / 'log'}"
+    loaded = load_dataset(uri)
+    assert len(loaded.events) == len(events) and loaded.info["uri"] == uri
+    out = tmp_path / "from-uri"
+    pinrec("train", "--data", uri, "--out", out, "--max-epochs", "1", *MODEL)
+    assert manifest(out)["metrics"]["training"]["epochs"] == 1
