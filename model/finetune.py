@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pinrec.model.artifacts import data_fingerprint
 from pinrec.model.data.contexts import QueryItems, context_vectors, event_contexts, search_query_items
 from pinrec.model.data.eventlog import positive_mask
 from pinrec.model.data.prepare import PreparedData
@@ -23,7 +24,7 @@ from pinrec.model.distributed import current, user_shards
 from pinrec.model.generate import in_groups, prefill_request
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
-from pinrec.model.train import TrainConfig, TrainResult, fit
+from pinrec.model.train import TrainConfig, TrainResult, fit, run_key
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,15 @@ def finetune_surface(
         replace(train_config, validate_start=True),  # the new head must beat the shared one it copies
         checkpoint,
         f"finetune {name}",
+        run_key(
+            name,
+            data_fingerprint(data.log.events),
+            model.config.to_dict(),
+            train_config.seed,
+            shards,
+            batch_size,
+            freeze_backbone,
+        ),
     )
     for parameter in model.parameters():
         parameter.requires_grad_(True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pinrec.model.artifacts import data_fingerprint
 from pinrec.model.config import DAY_MS, HOUR_MS, ModelConfig
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import Examples, Histories, ShardedEpoch, TrainingBatch, training_batches
@@ -17,7 +18,7 @@ from pinrec.model.distributed import current, user_shards
 from pinrec.model.evaluate import exact_metrics, next_queries
 from pinrec.model.loss import full_softmax_loss, item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
-from pinrec.model.train import TrainConfig, TrainResult, fit
+from pinrec.model.train import TrainConfig, TrainResult, fit, run_key
 
 BATCH_TOKENS = 6_400  # tokens per training batch: long histories get fewer users per batch (ours)
 MAX_BATCH_USERS = 128
@@ -153,4 +154,13 @@ def pretrain(
         queries = next_queries(model, data.histories, valid, config.any_outcome, data.primary_surface)
         return exact_metrics(queries, model.items.all_items(), data.histories, valid)["ndcg@10"]
 
-    return fit(model, model.parameters(), batches, step_loss, validate, train_config, checkpoint, name)
+    key = run_key(
+        name,
+        data_fingerprint(data.log.events),
+        config.to_dict(),
+        train_config.seed,
+        train_config.learning_rate,
+        shards,
+        batch_users,
+    )
+    return fit(model, model.parameters(), batches, step_loss, validate, train_config, checkpoint, name, key)

@@ -8,6 +8,8 @@ validates, checkpoints and decides when to stop, and every process follows its d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -93,7 +95,10 @@ def fit(
     config: TrainConfig,
     checkpoint: Path | None = None,
     name: str = "train",
+    key: str = "",
 ) -> TrainResult:
+    """Train until patience, the time budget or max_epochs. A checkpoint is resumed only when it was written
+    with the same key (data and settings: run_key()); another run's is refused."""
     group = current()
     set_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -106,6 +111,11 @@ def fit(
     best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=True)
+        if saved.get("run_key", "") != key:
+            raise ValueError(
+                f"checkpoint {checkpoint} was written by another run (different data or settings): "
+                "delete it, or pass --checkpoint with a new file"
+            )
         module.load_state_dict(saved["module"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
@@ -157,7 +167,7 @@ def fit(
             best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         state["epoch"], state["seconds"] = epoch + 1, elapsed
         if checkpoint is not None and group.is_main:
-            _save_checkpoint(checkpoint, module, optimizer, schedule, best_weights, state)
+            _save_checkpoint(checkpoint, module, optimizer, schedule, best_weights, state, key)
         if epoch + 1 - state["best_epoch"] >= config.patience:
             stopped_by = "patience"
             break
@@ -187,7 +197,14 @@ def _validate(module: nn.Module, validate: Callable[[], float], group: Distribut
     return group.broadcast_float(metric)
 
 
-def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, state) -> None:
+def run_key(*parts: object) -> str:
+    """A digest of what a checkpoint must match to be resumed: the data's fingerprint, the model's and the
+    training's settings (not max_epochs or the time budget, which a resumed run may extend)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, state, key: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(
@@ -197,6 +214,7 @@ def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, stat
             "schedule": schedule.state_dict(),
             "best_weights": best_weights,
             "state": state,
+            "run_key": key,
         },
         partial,
     )

@@ -17,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pinrec.featurestore.event_log import DAY_MS, day_name, file_name
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA
 from pinrec.model.data.loaders import load_dataset
 from pinrec.model.distributed import Distributed, user_shards
+from pinrec.model.train import TrainConfig, fit, run_key
 from pinrec.serving.engine import LoadedModel, Recommender
 from pinrec.serving.request import parse_instance
 from pinrec.serving.settings import ServeSettings
@@ -179,3 +181,26 @@ def test_training_reads_the_sinks_event_log_through_a_filesystem_uri(world: Path
     out = tmp_path / "from-uri"
     pinrec("train", "--data", uri, "--out", out, "--max-epochs", "1", *MODEL)
     assert manifest(out)["metrics"]["training"]["epochs"] == 1
+
+
+def test_a_checkpoint_of_another_run_is_refused_not_resumed(tmp_path: Path) -> None:
+    """The default checkpoint beside --out outlives a run: a later run with other data or settings must not
+    quietly continue from it."""
+    module = torch.nn.Linear(2, 1)
+
+    def train(key: str, epochs: int) -> None:
+        fit(
+            module,
+            module.parameters(),
+            lambda epoch: [torch.ones(4, 2)],
+            lambda batch: module(batch).pow(2).mean(),
+            lambda: 0.0,
+            TrainConfig(max_epochs=epochs, progress=False, threads=1),
+            tmp_path / "run.checkpoint.pt",
+            key=key,
+        )
+
+    train(run_key("data A", {"dim": 32}), epochs=1)
+    train(run_key("data A", {"dim": 32}), epochs=2)  # the same run, extended: resumes
+    with pytest.raises(ValueError, match="written by another run"):
+        train(run_key("data B", {"dim": 32}), epochs=3)

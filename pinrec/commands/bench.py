@@ -1,4 +1,4 @@
-"""`pinrec bench stream|model|serve`: each prints a table and writes JSON with --json. The benchmark
+"""`pinrec bench stream|model|serve|train`: each prints a table and writes JSON with --json. The benchmark
 package is imported inside the handlers."""
 
 from __future__ import annotations
@@ -89,6 +89,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--json", type=Path, help="write the results here")
     serve.set_defaults(handler=run_bench_serve)
 
+    train = kinds.add_parser(
+        "train",
+        help="pretraining tokens/s of one process against N data-parallel processes (torchrun), same run",
+    )
+    train.add_argument("--data", type=Path, help="an event log (default: a simulated world of --users)")
+    train.add_argument("--users", type=int, default=4000, help="users of the simulated world (default 4000)")
+    train.add_argument("--processes", type=int, default=2, help="processes of the parallel run (default 2)")
+    train.add_argument("--epochs", type=int, default=3, help="epochs of each run (default 3)")
+    train.add_argument("--dim", type=int, default=64, help="model width (default 64)")
+    train.add_argument(
+        "--out",
+        dest="out_dir",
+        type=Path,
+        default=Path("bench-training"),
+        help="folder for data and artifacts",
+    )
+    train.add_argument("--json", type=Path, help="write the results here")
+    train.set_defaults(handler=run_bench_train)
+
 
 def run_bench_stream(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.bench.stream import StreamBenchConfig, run_stream_bench
@@ -101,6 +120,13 @@ def run_bench_model(args: argparse.Namespace, settings: Settings) -> int:
     from pinrec.bench.model import ModelBenchConfig, run_model_bench
 
     run_model_bench(config_from_args(ModelBenchConfig, args), args.json)
+    return 0
+
+
+def run_bench_train(args: argparse.Namespace, settings: Settings) -> int:
+    from pinrec.bench.training import TrainingBenchConfig, run_training_bench
+
+    run_training_bench(config_from_args(TrainingBenchConfig, args), args.json)
     return 0
 
 
