@@ -41,6 +41,7 @@ STEPS = [
     "hooks",
     "pods",
     "InferenceService",
+    "retraining",
     "helm test",
     "upgrade",
     "uninstall",
@@ -115,7 +116,13 @@ def test_the_chart_installs_passes_helm_test_upgrades_and_uninstalls(tmp_path: P
     assert "values-kind.yaml + training-values.yaml: " in steps["dry-runs"]
     assert "TrainJob pinrec-retrain-* (dry-run create)" in steps["dry-runs"]
     assert steps["dry-runs"].endswith("accepted, no warning")
-    assert "InferenceService" in steps["install"] and "StatefulSet" in steps["install"]
+    for kind in ("InferenceService", "StatefulSet", "TrainingRuntime", "CronJob"):
+        assert kind in steps["install"]
+    assert "1 sink" in steps["pods"]
+    # The TrainJob the CronJob submits, created for real against the Trainer CRD (no controller runs it).
+    assert "created TrainJob pinrec-retrain-" in steps["retraining"]
+    assert "(runtime TrainingRuntime pinrec-trainer)" in steps["retraining"]
+    assert "CronJob pinrec-retrain '0 3 * * *'" in steps["retraining"]
     for job in ("kafka-topics", "feast-apply", "model-bootstrap"):
         assert f"Job pinrec-{job}" in steps["hooks"]
     assert "strict server-side dry-run against KServe's CRD passed" in steps["InferenceService"]
@@ -124,9 +131,9 @@ def test_the_chart_installs_passes_helm_test_upgrades_and_uninstalls(tmp_path: P
     # The production-like values: a consumer per partition, spread over the three nodes.
     assert (
         "pinrec-consumer 1->3" in steps["upgrade"]
-        and "(3 consumer, 1 kafka, 1 redis) on 3 of" in steps["upgrade"]
+        and "(3 consumer, 1 kafka, 1 redis, 1 sink) on 3 of" in steps["upgrade"]
     )
-    assert "model URI pvc://pinrec-models/releases/v2" in steps["upgrade"]
+    assert "InferenceService serves /mnt/models/releases/v2" in steps["upgrade"]
     assert "every pod removed" in steps["uninstall"]
     assert steps["stop"] == "stopped " + ", ".join(STOP_ORDER)
     assert "k8s e2e passed" in output

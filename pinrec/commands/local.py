@@ -157,7 +157,11 @@ def run_k8s_e2e(args: argparse.Namespace, settings: Settings) -> int:
         chart=chart,
         crds=args.crds,
         state_dir=state_dir,
-        install_values=(chart / "values-kind.yaml", chart / "ci" / "monitoring-values.yaml"),
+        install_values=(
+            chart / "values-kind.yaml",
+            chart / "ci" / "monitoring-values.yaml",
+            chart / "ci" / "training-values.yaml",
+        ),
         upgrade_values=(chart / "ci" / "production-like-values.yaml",),
         dry_run_values=(
             (),

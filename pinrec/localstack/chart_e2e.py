@@ -77,8 +77,9 @@ class ChartE2ESettings:
     # Renders checked by a strict server-side dry-run of every object before the install, each -f files.
     dry_run_values: tuple[tuple[Path, ...], ...]
     upgrade_values: tuple[Path, ...]  # -f files added by the upgrade
-    # The model URI the upgrade rolls to: a new artifact folder in the claim the kind values create.
-    upgrade_model_uri: str = "pvc://pinrec-models/releases/v2"
+    # The artifact folder the upgrade rolls the predictor to, in the model claim (pvc://<claim>/<path>): where
+    # a retraining's gate promotes to.
+    upgrade_model_path: str = "releases/v2"
     install_set: tuple[str, ...] = ()  # extra --set of the install (for example a deliberately broken value)
     namespace: str = "pinrec-e2e"
     release: str = "pinrec"
@@ -384,11 +385,12 @@ def _isvc(api: KubeApi, manifests: list[dict], namespace: str) -> dict:
     return live
 
 
-def _storage_uri(isvc: dict) -> str | None:
+def _artifacts_path(isvc: dict) -> str | None:
+    """The --artifacts argument of the predictor's server."""
     for container in isvc["spec"]["predictor"].get("containers", []):
-        for variable in container.get("env", []):
-            if variable["name"] == "STORAGE_URI":
-                return variable.get("value")
+        args = container.get("args", [])
+        if "--artifacts" in args:
+            return args[args.index("--artifacts") + 1]
     return None
 
 
@@ -476,6 +478,8 @@ def _install_test_upgrade_uninstall(
         detail.append("admitted; strict server-side dry-run against KServe's CRD passed")
         api.create_dry_run(predictor_pod(isvc, namespace), namespace)
         detail.append("its predictor pod passes Pod Security restricted (server-side dry-run)")
+    with summary.step("retraining") as detail:
+        detail.append(_submit_trainjobs(api, manifests, namespace))
     with summary.step("helm test") as detail:
         helm.run("test", release, "--timeout", timeout)
         tests = _hooks_succeeded(helm, release, tests=True)
@@ -483,8 +487,7 @@ def _install_test_upgrade_uninstall(
     with summary.step("upgrade") as detail:
         before = _replicas(api, namespace, release)
         upgrade_args = _values_args(
-            (*settings.upgrade_values,),
-            (f"model.storageUri={settings.upgrade_model_uri}", "model.bootstrap.enabled=false"),
+            settings.upgrade_values, (f"model.pvc.path={settings.upgrade_model_path}",)
         )
         run_helm_watched(
             helm,
@@ -512,12 +515,10 @@ def _install_test_upgrade_uninstall(
         ]
         detail.append("rolled out; ready replicas " + (", ".join(changed) or "unchanged"))
         detail.append(_pods_running(api, namespace))
-        uri = _storage_uri(_isvc(api, _documents(helm.run("get", "manifest", release)), namespace))
-        if uri != settings.upgrade_model_uri:
-            raise E2EFailure(
-                f"the InferenceService's model URI is {uri!r}, not {settings.upgrade_model_uri!r}"
-            )
-        detail.append(f"InferenceService model URI {uri}")
+        served = _artifacts_path(_isvc(api, _documents(helm.run("get", "manifest", release)), namespace))
+        if served != f"/mnt/models/{settings.upgrade_model_path}":
+            raise E2EFailure(f"the InferenceService serves {served!r}, not {settings.upgrade_model_path!r}")
+        detail.append(f"InferenceService serves {served}")
     with summary.step("uninstall") as detail:
         manifests = _documents(helm.run("get", "manifest", release))
         helm.run("uninstall", release, "--wait", "--timeout", timeout)
@@ -530,6 +531,32 @@ def _install_test_upgrade_uninstall(
         detail.append(f"{len(manifests) - len(kept)} objects and every pod removed")
         claims_left = [c["metadata"]["name"] for c in api.list("v1", "PersistentVolumeClaim", namespace)]
         detail.append(f"kept (helm.sh/resource-policy: keep): claims {', '.join(claims_left) or 'none'}")
+
+
+def _submit_trainjobs(api: KubeApi, manifests: list[dict], namespace: str) -> str:
+    """Create each object the release's ConfigMaps carry (the TrainJob), as the retraining CronJob does, and
+    check what it needs is there: its runtime and the CronJob. No Trainer controller runs here, so the
+    TrainJob is admitted (schema, CEL rules) but never run."""
+    carried = embedded_objects(manifests)
+    if not carried:
+        return "training off: nothing to submit"
+    created = []
+    for manifest in carried:
+        stored = api.create(manifest, namespace)
+        spec = stored.get("spec", {})
+        runtime = spec.get("runtimeRef", {})
+        if runtime.get("kind") == "TrainingRuntime" and not api.get(
+            stored["apiVersion"], "TrainingRuntime", runtime["name"], namespace
+        ):
+            raise E2EFailure(
+                f"{_object_name(stored)} names TrainingRuntime {runtime['name']}, which is absent"
+            )
+        created.append(f"{_object_name(stored)} (runtime {runtime.get('kind')} {runtime.get('name')})")
+    schedules = [
+        f"CronJob {c['metadata']['name']} '{c['spec']['schedule']}'"
+        for c in api.list("batch/v1", "CronJob", namespace)
+    ]
+    return f"created {', '.join(created)} as the CronJob submits it; {', '.join(schedules) or 'no CronJob'}"
 
 
 def _check_objects(api: KubeApi, manifests: list[dict], namespace: str, detail: list[str]) -> None:

@@ -112,15 +112,20 @@ class KubeApi:
             headers={"Content-Type": "application/apply-patch+yaml"},
         )
 
-    def create_dry_run(self, manifest: dict, namespace: str | None = None) -> dict:
-        """What a create would do (admission, Pod Security, schema), strictly validated, without storing."""
+    def create(self, manifest: dict, namespace: str | None = None, *, dry_run: bool = False) -> dict:
+        """Create (generateName works), strictly validated; with dry_run what a create would do (admission,
+        Pod Security, schema) without storing."""
         resource = self.resource(manifest["apiVersion"], manifest["kind"])
+        params = {"fieldValidation": "Strict"} | ({"dryRun": "All"} if dry_run else {})
         return self._call(
             "POST",
             resource.url(manifest["metadata"].get("namespace", namespace) if resource.namespaced else None),
-            params={"dryRun": "All", "fieldValidation": "Strict"},
+            params=params,
             json=manifest,
         )
+
+    def create_dry_run(self, manifest: dict, namespace: str | None = None) -> dict:
+        return self.create(manifest, namespace, dry_run=True)
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
         """The object, or None when it does not exist."""
