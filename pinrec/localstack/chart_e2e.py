@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -417,7 +418,7 @@ def run_chart_e2e(
         api = plane.api()
         try:
             helm = Helm(tools, plane.kubeconfig, settings.state_dir / "helm", settings.namespace)
-            _install_test_upgrade_uninstall(summary, api, helm, settings)
+            _install_test_upgrade_uninstall(summary, plane, api, helm, settings)
         finally:
             api.close()
     finally:
@@ -426,7 +427,7 @@ def run_chart_e2e(
 
 
 def _install_test_upgrade_uninstall(
-    summary: Summary, api: KubeApi, helm: Helm, settings: ChartE2ESettings
+    summary: Summary, plane: ControlPlane, api: KubeApi, helm: Helm, settings: ChartE2ESettings
 ) -> None:
     namespace, release, timeout = settings.namespace, settings.release, f"{settings.timeout_s:.0f}s"
     install_args = _values_args(settings.install_values, settings.install_set)
@@ -479,7 +480,7 @@ def _install_test_upgrade_uninstall(
         api.create_dry_run(predictor_pod(isvc, namespace), namespace)
         detail.append("its predictor pod passes Pod Security restricted (server-side dry-run)")
     with summary.step("retraining") as detail:
-        detail.append(_submit_trainjobs(api, manifests, namespace))
+        detail.append(_submit_trainjobs(plane, api, manifests, namespace))
     with summary.step("helm test") as detail:
         helm.run("test", release, "--timeout", timeout)
         tests = _hooks_succeeded(helm, release, tests=True)
@@ -533,30 +534,65 @@ def _install_test_upgrade_uninstall(
         detail.append(f"kept (helm.sh/resource-policy: keep): claims {', '.join(claims_left) or 'none'}")
 
 
-def _submit_trainjobs(api: KubeApi, manifests: list[dict], namespace: str) -> str:
-    """Create each object the release's ConfigMaps carry (the TrainJob), as the retraining CronJob does, and
-    check what it needs is there: its runtime and the CronJob. No Trainer controller runs here, so the
-    TrainJob is admitted (schema, CEL rules) but never run."""
-    carried = embedded_objects(manifests)
-    if not carried:
-        return "training off: nothing to submit"
-    created = []
-    for manifest in carried:
-        stored = api.create(manifest, namespace)
-        spec = stored.get("spec", {})
-        runtime = spec.get("runtimeRef", {})
-        if runtime.get("kind") == "TrainingRuntime" and not api.get(
-            stored["apiVersion"], "TrainingRuntime", runtime["name"], namespace
-        ):
+def _submit_trainjobs(plane: ControlPlane, api: KubeApi, manifests: list[dict], namespace: str) -> str:
+    """Run the retraining CronJob's own script (files/submit-trainjob.py, from the release's ConfigMap) as
+    its ServiceAccount, twice: the first run creates the TrainJob (admitted against Kubeflow Trainer's CRD;
+    no controller runs it here), the second holds back while that one is unfinished. The account's Role must
+    allow that and nothing else (reading pods is refused)."""
+    cronjobs = [m for m in manifests if m["kind"] == "CronJob"]
+    if not cronjobs:
+        return "training off: no CronJob"
+    cronjob = cronjobs[0]
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    configmap = next(
+        m for m in manifests if m["kind"] == "ConfigMap" and "submit-trainjob.py" in m.get("data", {})
+    )
+    folder = plane.settings.state_dir / "retraining"
+    folder.mkdir(exist_ok=True)
+    (folder / "submit-trainjob.py").write_text(configmap["data"]["submit-trainjob.py"])
+    (folder / "trainjob.yaml").write_text(configmap["data"]["trainjob.yaml"])
+    kubeconfig = plane.write_kubeconfig(folder / "kubeconfig", api.service_account_token(account, namespace))
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "PINREC_NAMESPACE": namespace,
+        "PINREC_TRAINJOB_MANIFEST": str(folder / "trainjob.yaml"),
+    }
+    outputs = []
+    for _ in range(2):
+        result = subprocess.run(
+            [sys.executable, str(folder / "submit-trainjob.py")], capture_output=True, text=True, env=env
+        )
+        if result.returncode != 0:
             raise E2EFailure(
-                f"{_object_name(stored)} names TrainingRuntime {runtime['name']}, which is absent"
+                f"the CronJob's submit-trainjob.py failed as {account}:\n{result.stderr.strip()}"
             )
-        created.append(f"{_object_name(stored)} (runtime {runtime.get('kind')} {runtime.get('name')})")
-    schedules = [
-        f"CronJob {c['metadata']['name']} '{c['spec']['schedule']}'"
-        for c in api.list("batch/v1", "CronJob", namespace)
-    ]
-    return f"created {', '.join(created)} as the CronJob submits it; {', '.join(schedules) or 'no CronJob'}"
+        outputs.append(result.stdout.strip())
+    if not outputs[0].startswith("created TrainJob") or "still running" not in outputs[1]:
+        raise E2EFailure(f"submit-trainjob.py: expected a TrainJob, then a hold-back; got {outputs}")
+    as_account = KubeApi(plane.server, api.service_account_token(account, namespace), plane.ca)
+    try:
+        as_account.list("v1", "Pod", namespace)
+        raise E2EFailure(f"ServiceAccount {account} may read pods: its Role is wider than TrainJobs")
+    except KubeApiError as error:
+        if error.status != 403:
+            raise
+    finally:
+        as_account.close()
+    trainjob = outputs[0].split()[2]
+    stored = api.get("trainer.kubeflow.org/v1alpha1", "TrainJob", trainjob, namespace) or {}
+    runtime = stored.get("spec", {}).get("runtimeRef", {})
+    if runtime.get("kind") == "TrainingRuntime" and not api.get(
+        "trainer.kubeflow.org/v1alpha1", "TrainingRuntime", runtime["name"], namespace
+    ):
+        raise E2EFailure(f"TrainJob {trainjob} names TrainingRuntime {runtime['name']}, which is absent")
+    schedule = f"CronJob {cronjob['metadata']['name']} '{cronjob['spec']['schedule']}'"
+    return (
+        f"{schedule}: its script, run as {account}, "
+        f"created TrainJob {trainjob} (runtime {runtime.get('kind')} {runtime.get('name')}), then held back "
+        "while it is unfinished; the account may not read pods"
+    )
 
 
 def _check_objects(api: KubeApi, manifests: list[dict], namespace: str, detail: list[str]) -> None:

@@ -131,7 +131,7 @@ class ControlPlane:
             ports.append(pick_port(0, ports))
         etcd_client, etcd_peer, apiserver, controller_manager, scheduler, kwok = ports
         self.server = f"https://127.0.0.1:{apiserver}"
-        self._write_kubeconfig(certs)
+        self.write_kubeconfig(self.kubeconfig, self.token)
 
         started = time.monotonic()
         self._spawn("etcd", self._etcd_command(binaries["etcd"], etcd_client, etcd_peer))
@@ -197,7 +197,7 @@ class ControlPlane:
         )
 
     def api(self) -> KubeApi:
-        return KubeApi(self.server, self.token, self.settings.state_dir / "pki" / "ca.crt")
+        return KubeApi(self.server, self.token, self.ca)
 
     def stop(self) -> list[str]:
         """Stop whatever is running, in STOP_ORDER; returns the names stopped."""
@@ -216,24 +216,30 @@ class ControlPlane:
     def _spawn(self, name: str, command: list[str]) -> None:
         self.processes[name] = spawn(command, self.log_path(name), bound_to_parent=True)
 
-    def _write_kubeconfig(self, certs: ControlPlaneCertificates) -> None:
+    @property
+    def ca(self) -> Path:
+        return self.settings.state_dir / "pki" / "ca.crt"
+
+    def write_kubeconfig(self, path: Path, token: str) -> Path:
+        """A kubeconfig for this API server as the bearer of token (owner-readable only)."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [
                 {
                     "name": "pinrec-e2e",
-                    "cluster": {"server": self.server, "certificate-authority": str(certs.ca)},
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca)},
                 }
             ],
-            "users": [{"name": "pinrec-e2e-admin", "user": {"token": self.token}}],
+            "users": [{"name": "pinrec-e2e-admin", "user": {"token": token}}],
             "contexts": [
                 {"name": "pinrec-e2e", "context": {"cluster": "pinrec-e2e", "user": "pinrec-e2e-admin"}}
             ],
             "current-context": "pinrec-e2e",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-        self.kubeconfig.chmod(0o600)
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
 
     def _etcd_command(self, binary: Path, client: int, peer: int) -> list[str]:
         return [

@@ -127,6 +127,13 @@ class KubeApi:
     def create_dry_run(self, manifest: dict, namespace: str | None = None) -> dict:
         return self.create(manifest, namespace, dry_run=True)
 
+    def service_account_token(self, name: str, namespace: str, seconds: int = 600) -> str:
+        """A short-lived token of the ServiceAccount (TokenRequest), to act as its pods do."""
+        request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest"}
+        request["spec"] = {"expirationSeconds": seconds}
+        url = f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token"
+        return self._call("POST", url, json=request)["status"]["token"]
+
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
         """The object, or None when it does not exist."""
         try:

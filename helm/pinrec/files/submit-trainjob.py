@@ -52,7 +52,10 @@ def running(api: client.CustomObjectsApi, namespace: str, labels: dict) -> list[
 def main() -> int:
     manifest = load_manifest(os.environ["PINREC_TRAINJOB_MANIFEST"])
     namespace = os.environ["PINREC_NAMESPACE"]
-    config.load_incluster_config()
+    try:
+        config.load_incluster_config()  # the CronJob's pod: its ServiceAccount
+    except config.ConfigException:
+        config.load_kube_config()  # outside a cluster (the e2e run): KUBECONFIG
     api = client.CustomObjectsApi()
     try:
         busy = running(api, namespace, manifest["metadata"]["labels"])
