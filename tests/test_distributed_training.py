@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -153,6 +154,35 @@ def test_a_stopped_two_process_run_resumes_from_rank_zeros_checkpoint(world: Pat
     assert [c["epoch"] for c in curve] == [1, 2, 3, 4], (
         "the first two epochs come from the checkpoint, none is lost or repeated"
     )
+
+
+def test_a_killed_process_is_restarted_by_torchrun_and_the_run_resumes(world: Path) -> None:
+    """torchrun --max-restarts: one process is SIGKILLed after rank 0 wrote a checkpoint; torchrun restarts
+    both, and they resume from it (model.distributed keys the store by restart, without which the restarted
+    processes read the dead generation's addresses)."""
+    out = world.parent / "killed"
+    checkpoint = out.with_name(f"{out.name}.checkpoint.pt")
+    command = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "--max-restarts=2", "--no-python"]
+    command += [str(BIN / "pinrec"), "train", "--data", str(world), "--out", str(out), "--max-epochs", "40"]
+    command += [*MODEL, "--time-budget-min", "5"]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert checkpoint.exists(), "rank 0 writes a checkpoint beside --out after each epoch"
+        workers = psutil.Process(run.pid).children(recursive=True)
+        next(p for p in workers if p.environ().get("RANK") == "1").kill()
+        output, _ = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            for child in psutil.Process(run.pid).children(recursive=True):
+                child.kill()
+            run.kill()
+    assert run.returncode == 0, output[-4000:]
+    assert "resumed from" in output
+    curve = manifest(out)["metrics"]["training"]["curve"]
+    assert [c["epoch"] for c in curve] == list(range(1, len(curve) + 1)), "no epoch lost or repeated"
 
 
 def test_users_are_dealt_to_shards_by_id_alone_and_shards_to_ranks_in_runs() -> None:
