@@ -15,7 +15,8 @@ How the equality is kept:
   distribution.
 
 Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op and training runs in one
-process as before.
+process as before. Training runs on the CPU, so the backend is gloo: NCCL needs the model and every tensor a
+collective sees on a GPU, which the training code does not place there (not built yet).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: str = ""  # "gloo" | "nccl"; empty: not distributed
+    backend: str = ""  # "gloo"; empty: not distributed
 
     @property
     def enabled(self) -> bool:
@@ -48,10 +49,6 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
     def owned_shards(self, shards: int) -> range:
         """The shards this process trains on: a contiguous run, so shard order is rank order."""
@@ -103,9 +100,14 @@ class Distributed:
         counts = self.gather(torch.tensor([count], dtype=torch.int64))
         return int(counts[: self.rank].sum()), int(counts.sum())
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
+    def sharded_parts(
+        self, shards: int, seed: int, epoch: int, part_of: Callable[[int, np.random.Generator], Sized]
+    ):
+        """This process's part of an epoch for each shard it owns, each built by part_of(shard, rng) with an
+        rng seeded by (seed, epoch, shard) alike on every process, and the steps the epoch has: the fewest
+        batches of any shard, agreed by every process (the longer shards' last batches wait an epoch)."""
+        parts = [part_of(s, np.random.default_rng([seed, epoch, s])) for s in self.owned_shards(shards)]
+        return parts, self.min_int(min(len(part) for part in parts))
 
 
 _CURRENT = Distributed()
@@ -118,16 +120,13 @@ def current() -> Distributed:
 
 def init_from_environment(timeout_s: float = 1800.0) -> Distributed:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR, MASTER_PORT): NCCL when this machine has a GPU for each local process, gloo otherwise."""
+    MASTER_ADDR, MASTER_PORT), with gloo (training runs on the CPU)."""
     global _CURRENT
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1 or _CURRENT.enabled:
         return _CURRENT
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= local_world else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+    backend = "gloo"
     timeout = datetime.timedelta(seconds=timeout_s)
     rank = int(os.environ["RANK"])
     dist.init_process_group(

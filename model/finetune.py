@@ -262,16 +262,12 @@ def finetune_surface(
             return [(torch.from_numpy(rows), offsets[rows]) for rows in _chunks(order, batch_size)]
         # A global batch: a micro-batch from every shard of users (model.distributed), this process's here.
         micro = max(1, batch_size // shards)
-        parts = [
-            _chunks(
-                np.random.default_rng([train_config.seed, epoch, s]).permutation(
-                    train_rows[shard_of_row == s]
-                ),
-                micro,
-            )
-            for s in group.owned_shards(shards)
-        ]
-        steps = group.min_int(min(len(part) for part in parts))
+        parts, steps = group.sharded_parts(
+            shards,
+            train_config.seed,
+            epoch,
+            lambda s, rng: _chunks(rng.permutation(train_rows[shard_of_row == s]), micro),
+        )
         merged = (np.concatenate([part[step] for part in parts]) for step in range(steps))
         return [(torch.from_numpy(rows), offsets[rows]) for rows in merged]
 
@@ -308,6 +304,7 @@ def finetune_surface(
         replace(train_config, validate_start=True),  # the new head must beat the shared one it copies
         checkpoint,
         f"finetune {name}",
+        # What a checkpoint must match to be resumed (hashing the events is skipped without one).
         run_key(
             name,
             data_fingerprint(data.log.events),
@@ -316,7 +313,9 @@ def finetune_surface(
             shards,
             batch_size,
             freeze_backbone,
-        ),
+        )
+        if checkpoint is not None
+        else "",
     )
     for parameter in model.parameters():
         parameter.requires_grad_(True)

@@ -119,11 +119,10 @@ def pretrain(
             return epoch_of(None, np.random.default_rng([train_config.seed, epoch]), batch_users)
         # A global batch: a micro-batch from every shard (model.distributed), this process's shards here.
         micro = max(1, batch_users // shards)
-        parts = [
-            epoch_of(shard_of == s, np.random.default_rng([train_config.seed, epoch, s]), micro)
-            for s in group.owned_shards(shards)
-        ]
-        return ShardedEpoch(parts, group.min_int(min(len(part) for part in parts)))
+        parts, steps = group.sharded_parts(
+            shards, train_config.seed, epoch, lambda s, rng: epoch_of(shard_of == s, rng, micro)
+        )
+        return ShardedEpoch(parts, steps)
 
     def step_loss(batch: TrainingBatch) -> torch.Tensor:
         hidden, _ = model.encode(**batch.inputs.to_dict())  # (B, T, C)
@@ -154,13 +153,17 @@ def pretrain(
         queries = next_queries(model, data.histories, valid, config.any_outcome, data.primary_surface)
         return exact_metrics(queries, model.items.all_items(), data.histories, valid)["ndcg@10"]
 
-    key = run_key(
-        name,
-        data_fingerprint(data.log.events),
-        config.to_dict(),
-        train_config.seed,
-        train_config.learning_rate,
-        shards,
-        batch_users,
+    key = (  # what a checkpoint must match to be resumed (hashing the events is skipped without one)
+        run_key(
+            name,
+            data_fingerprint(data.log.events),
+            config.to_dict(),
+            train_config.seed,
+            train_config.learning_rate,
+            shards,
+            batch_users,
+        )
+        if checkpoint is not None
+        else ""
     )
     return fit(model, model.parameters(), batches, step_loss, validate, train_config, checkpoint, name, key)

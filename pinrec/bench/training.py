@@ -1,5 +1,5 @@
 """`pinrec bench train`: pretraining throughput of one process against N data-parallel processes (torchrun,
-gloo on CPU, NCCL per GPU), measured in the same run on the same data and global batches: history tokens per
+gloo on the CPU), measured in the same run on the same data and global batches: history tokens per
 second of the training steps (validation excluded), seconds per epoch, the ratio, and how far apart the two
 loss curves are (they should agree to float precision: `--data-shards N` in both runs, dropout off)."""
 

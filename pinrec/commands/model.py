@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="pretrain the backbone and shared head on positive actions of all surfaces",
         description="Pretrain on one process, or data-parallel under torchrun: `torchrun --nproc-per-node N "
-        "--no-python pinrec train ...` (gloo on CPU, NCCL when each process has a GPU; rank 0 validates and "
+        "--no-python pinrec train ...` (gloo; training runs on the CPU; rank 0 validates and "
         "writes the checkpoint and the artifact; with --max-restarts, restarted processes resume from the "
         "checkpoint).",
     )
