@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 export PINREC_HOME ?= $(CURDIR)/.pinrec
 
-.PHONY: setup tools k8s-tools demo test lint k8s-validate k8s-e2e lock local-up local-down clean
+.PHONY: setup tools k8s-tools demo test lint k8s-validate k8s-e2e gpu-check lock local-up local-down clean
 
 # Python environment from the lock file (uv is pinned and itself in the lock's dev extra).
 $(VENV)/.synced: requirements.lock pyproject.toml setup.py
@@ -45,6 +45,11 @@ k8s-validate: tools
 # The chart installed, tested, upgraded and uninstalled on a private live API server (k8s/e2e.sh); no Docker.
 k8s-e2e: k8s-tools
 	bash k8s/e2e.sh
+
+# Training on GPUs, on a machine where torch sees one (never part of `make test`): equality with the CPU run,
+# tokens/s against the CPU in the same run, Beauty quality at d=256 (scripts/gpu-check.sh).
+gpu-check: setup
+	bash scripts/gpu-check.sh
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: setup lint k8s-tools

@@ -14,25 +14,35 @@ How the equality is kept:
 - Dropout draws differ between processes: with dropout on, N processes train the same model only in
   distribution.
 
-Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op and training runs in one
-process as before. Training runs on the CPU, so the backend is gloo: NCCL needs the model and every tensor a
-collective sees on a GPU, which the training code does not place there (not built yet).
+Where training runs (`--device`, training_device): on the CPU, or on a GPU per process (cuda:LOCAL_RANK, round
+robin when processes outnumber GPUs). The backend follows (choose_backend): NCCL when every process on a
+machine has a GPU of its own, gloo otherwise: on the CPU, and when processes share a GPU (NCCL refuses two
+processes on one device); gloo reduces GPU tensors itself, and the few collectives of ours go through the CPU.
+
+Without torchrun (no WORLD_SIZE in the environment) the collectives are no-ops and training runs in one
+process as before, on the chosen device.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -40,7 +50,13 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    backend: str = ""  # "gloo"; empty: not distributed
+    backend: str = ""  # "gloo" | "nccl"; empty: not distributed
+    device: torch.device = torch.device("cpu")  # where this process trains
+
+    @property
+    def collective_device(self) -> torch.device:
+        """Where our collectives' tensors go: NCCL reduces GPU tensors only; gloo gets ours on the CPU."""
+        return self.device if self.backend == "nccl" else torch.device("cpu")
 
     @property
     def enabled(self) -> bool:
@@ -63,14 +79,14 @@ class Distributed:
         """The sum over processes (no gradient flows through it)."""
         if not self.enabled:
             return value
-        total = value.detach().clone()
+        total = value.detach().to(self.collective_device, copy=True)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        return total.to(value.device)
 
     def min_int(self, value: int) -> int:
         if not self.enabled:
             return value
-        total = torch.tensor([value], dtype=torch.int64)
+        total = torch.tensor([value], dtype=torch.int64, device=self.collective_device)
         dist.all_reduce(total, op=dist.ReduceOp.MIN)
         return int(total.item())
 
@@ -78,7 +94,7 @@ class Distributed:
         """Rank 0's value on every process."""
         if not self.enabled:
             return value
-        shared = torch.tensor([value], dtype=torch.float64)
+        shared = torch.tensor([value], dtype=torch.float64, device=self.collective_device)
         dist.broadcast(shared, src=0)
         return float(shared.item())
 
@@ -86,14 +102,15 @@ class Distributed:
         """Every process's 1-d tensor, concatenated in rank order (lengths may differ)."""
         if not self.enabled:
             return values
-        lengths = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size)]
-        dist.all_gather(lengths, torch.tensor([len(values)], dtype=torch.int64))
-        longest = int(max(length.item() for length in lengths))
-        padded = torch.zeros(longest, dtype=values.dtype)
+        device = self.collective_device
+        lengths = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(self.world_size)]
+        dist.all_gather(lengths, torch.tensor([len(values)], dtype=torch.int64, device=device))
+        counts = [int(length.item()) for length in lengths]
+        padded = torch.zeros(max(counts), dtype=values.dtype, device=device)
         padded[: len(values)] = values
-        parts = [torch.zeros(longest, dtype=values.dtype) for _ in range(self.world_size)]
+        parts = [torch.zeros(max(counts), dtype=values.dtype, device=device) for _ in range(self.world_size)]
         dist.all_gather(parts, padded)
-        return torch.cat([part[: int(length.item())] for part, length in zip(parts, lengths, strict=True)])
+        return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)]).to(values.device)
 
     def local_slice(self, count: int) -> tuple[int, int]:
         """Where this process's `count` items sit among every process's, in rank order: (start, total)."""
@@ -118,15 +135,46 @@ def current() -> Distributed:
     return _CURRENT
 
 
-def init_from_environment(timeout_s: float = 1800.0) -> Distributed:
+def training_device(choice: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device a process trains on: "cpu"; "cuda", the GPU cuda:LOCAL_RANK (round robin over the GPUs
+    when processes outnumber them); "auto", cuda when torch sees a GPU, else the CPU."""
+    if choice not in DEVICE_CHOICES:
+        raise ValueError(f"--device {choice!r}: choose one of {', '.join(DEVICE_CHOICES)}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if choice == "cpu" or (choice == "auto" and not gpus):
+        return torch.device("cpu")
+    if not gpus:
+        raise ValueError(
+            "--device cuda: torch sees no GPU (torch.cuda.is_available() is False: no driver, "
+            "CUDA_VISIBLE_DEVICES empty, or a CPU-only torch build); use --device cpu or auto"
+        )
+    return torch.device("cuda", local_rank % gpus)
+
+
+def choose_backend(device: torch.device, local_processes: int, gpus: int) -> str:
+    """NCCL when every process on the machine has a GPU of its own; gloo on the CPU and when processes share
+    a GPU (NCCL refuses two processes on one device)."""
+    return "nccl" if device.type == "cuda" and local_processes <= gpus else "gloo"
+
+
+def init_from_environment(device: str = "auto", timeout_s: float = 1800.0) -> Distributed:
     """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK,
-    MASTER_ADDR, MASTER_PORT), with gloo (training runs on the CPU)."""
+    LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) on the chosen device, the backend that fits it; a single
+    process without torchrun."""
     global _CURRENT
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1 or _CURRENT.enabled:
+    if _CURRENT.enabled:
         return _CURRENT
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "gloo"
+    where = training_device(device, local_rank)
+    if where.type == "cuda":
+        torch.cuda.set_device(where)
+    if world_size <= 1:
+        _CURRENT = Distributed(device=where)
+        return _CURRENT
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    gpus = torch.cuda.device_count() if where.type == "cuda" else 0
+    backend = choose_backend(where, local_processes, gpus)
     timeout = datetime.timedelta(seconds=timeout_s)
     rank = int(os.environ["RANK"])
     dist.init_process_group(
@@ -135,9 +183,10 @@ def init_from_environment(timeout_s: float = 1800.0) -> Distributed:
         rank=rank,
         world_size=world_size,
         timeout=timeout,
+        device_id=where if backend == "nccl" else None,
     )
-    _CURRENT = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend)
-    log.info("rank %d of %d (%s)", _CURRENT.rank, world_size, backend)
+    _CURRENT = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend, where)
+    log.info("rank %d of %d on %s (%s)", _CURRENT.rank, world_size, where, backend)
     return _CURRENT
 
 
@@ -158,10 +207,10 @@ def _restart_store(rank: int, world_size: int, timeout: datetime.timedelta) -> d
 
 
 @contextmanager
-def process_group() -> Iterator[Distributed]:
-    """The process group for the length of a command: joined from torchrun's environment (or a single
-    process without it), left at the end."""
-    group = init_from_environment()
+def process_group(device: str = "auto") -> Iterator[Distributed]:
+    """The process group for the length of a command, training on `device` (training_device): joined from
+    torchrun's environment (or a single process without it), left at the end."""
+    group = init_from_environment(device)
     try:
         yield group
     finally:
@@ -173,6 +222,22 @@ def shutdown() -> None:
     if _CURRENT.enabled:
         dist.destroy_process_group()
     _CURRENT = Distributed()
+
+
+def on_training_device(train: Callable[..., T]) -> Callable[..., T]:
+    """For a training function whose first argument is the model: the model moves to this process's
+    training device for the call, and back to the CPU after it (artifacts are written, and served, from the
+    CPU)."""
+
+    @functools.wraps(train)
+    def on_device(model: torch.nn.Module, *args, **kwargs) -> T:
+        model.to(current().device)
+        try:
+            return train(model, *args, **kwargs)
+        finally:
+            model.cpu()
+
+    return on_device
 
 
 def user_shards(user_ids: np.ndarray, shards: int) -> np.ndarray:

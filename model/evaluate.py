@@ -33,16 +33,18 @@ def next_queries(
 ) -> np.ndarray:
     """The "next" query (offset 0) after each example's history, for the given outcome and surface."""
     model.eval()
+    device = model.position.weight.device
     out = np.zeros((len(examples), model.config.dim), dtype=np.float32)
     # Similar lengths together: padding costs as much as real tokens.
     order = np.argsort(examples.ends - histories.offsets[examples.rows], kind="stable")
     for first in range(0, len(order), chunk):
         part = order[first : first + chunk]
         inputs = recent_histories(histories, examples.rows[part], examples.ends[part], model.config.max_len)
-        hidden, _ = model.encode(**inputs.to_dict())
+        hidden, _ = model.encode(**inputs.to(device).to_dict())
         last = hidden[:, -1]  # (B, C): histories are left-padded
-        conditions = [torch.full((len(part),), value, dtype=torch.long) for value in (outcome, surface, 0)]
-        out[part] = model.query(last, *conditions, head=head).numpy()
+        size = (len(part),)
+        conditions = [torch.full(size, v, dtype=torch.long, device=device) for v in (outcome, surface, 0)]
+        out[part] = model.query(last, *conditions, head=head).cpu().numpy()
     return out
 
 
@@ -86,23 +88,25 @@ def exact_metrics(
 ) -> dict[str, float]:
     """leave_one_out_metrics by brute force: queries (N, C) scored against every item vector (V, C) of
     items 1..V, items of the user's history before the target masked; a target's rank is the number of
-    unmasked items scoring higher (a target the user saw before is a miss, as in the faiss path)."""
+    unmasked items scoring higher (a target the user saw before is a miss, as in the faiss path). Scored
+    where the item vectors are (a GPU while training on one)."""
     if len(examples.targets) != len(examples):
         raise ValueError("leave-one-out metrics need exactly one target per case")
     ranks = []
     for first in range(0, len(examples), chunk):
         part = slice(first, first + chunk)
         rows, ends, targets = examples.rows[part], examples.ends[part], examples.targets[part]
-        scores = torch.from_numpy(queries[part]) @ items.T  # (B, V)
+        scores = torch.from_numpy(queries[part]).to(items.device) @ items.T  # (B, V)
         starts = histories.offsets[rows]
         lengths = ends - starts
         seen_rows = np.repeat(np.arange(len(rows)), lengths)
         seen_at = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)] or [[]])
-        target_items = torch.from_numpy(histories.items[targets] - 1)
+        target_items = torch.from_numpy(histories.items[targets] - 1).to(items.device)
         target_scores = scores.gather(1, target_items[:, None])
-        scores[seen_rows, histories.items[seen_at.astype(np.int64)] - 1] = -torch.inf
+        seen = (seen_rows, histories.items[seen_at.astype(np.int64)] - 1)
+        scores[tuple(torch.from_numpy(axis).to(items.device) for axis in seen)] = -torch.inf
         rank = (scores > target_scores).sum(dim=1)
         masked = scores.gather(1, target_items[:, None])[:, 0] == -torch.inf  # a target seen before: a miss
-        ranks.append(torch.where(masked, items.shape[0], rank).numpy())
+        ranks.append(torch.where(masked, items.shape[0], rank).cpu().numpy())
     ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
     return _cutoff_metrics(ranks)

@@ -20,7 +20,7 @@ from pinrec.model.data.contexts import QueryItems, context_vectors, event_contex
 from pinrec.model.data.eventlog import positive_mask
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import positives_before, recent_histories
-from pinrec.model.distributed import current, user_shards
+from pinrec.model.distributed import current, on_training_device, user_shards
 from pinrec.model.generate import in_groups, prefill_request
 from pinrec.model.loss import item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
@@ -132,7 +132,7 @@ class _Backbone:
         contexts, present = context_vectors(
             table, sessions.subjects[picked], sessions.query_ids[picked], self.query_items
         )  # (N, C), (N,)
-        present = present.numpy()
+        present = present.cpu().numpy()
         outcomes = sessions.outcomes[picked]
 
         def group(rows: np.ndarray) -> torch.Tensor:
@@ -142,8 +142,8 @@ class _Backbone:
             )
             last, _ = prefill_request(
                 self.model,
-                inputs,
-                torch.from_numpy(sessions.starts_ms[at]),
+                inputs.to(table.device),
+                torch.from_numpy(sessions.starts_ms[at]).to(table.device),
                 int(outcomes[rows[0]]),
                 self.surface,
                 decode_steps=0,
@@ -168,15 +168,15 @@ class _FrozenBackbone(_Backbone):
     def _all_hidden_states(self, chunk: int = 1024) -> torch.Tensor:
         """Every engagement's hidden state, in chunks of similar history lengths (little padding)."""
         sessions = self.sessions
-        out = torch.zeros(len(sessions.rows), self.model.config.dim)
+        out = self.table.new_zeros(len(sessions.rows), self.model.config.dim)
         order = np.argsort(sessions.ends - self.data.histories.offsets[sessions.rows], kind="stable")
         for first in range(0, len(order), chunk):
             part = order[first : first + chunk]
-            out[torch.from_numpy(part)] = self.hidden_states(part, self.table)
+            out[torch.from_numpy(part).to(out.device)] = self.hidden_states(part, self.table)
         return out
 
     def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.hidden[rows]
+        return self.hidden[rows.to(self.hidden.device)]
 
     def items(self, items: torch.Tensor) -> torch.Tensor:
         return self.table[items]
@@ -195,7 +195,7 @@ class _TrainedBackbone(_Backbone):
 
     def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
         table = self.model.items.table()
-        return self.hidden_states(rows.numpy(), table)
+        return self.hidden_states(rows.cpu().numpy(), table)
 
     def all_items(self) -> torch.Tensor:
         return self.model.items.all_items()
@@ -205,6 +205,7 @@ def _chunks(order: np.ndarray, size: int) -> list[np.ndarray]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
+@on_training_device
 def finetune_surface(
     model: PinRecModel,
     data: PreparedData,
@@ -237,20 +238,23 @@ def finetune_surface(
     )
     is_valid = np.isin(sessions.sessions, valid_sessions)
     train_rows, valid_rows = np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
-    log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts))
-    generator = torch.Generator().manual_seed(train_config.seed)
-    targets = torch.from_numpy(sessions.targets)
-    outcomes = torch.from_numpy(sessions.outcomes)
-    hard = torch.from_numpy(sessions.hard_negatives)
+    group = current()
+    device = group.device  # where the model is (on_training_device)
+    log_frequency = item_log_frequency(torch.from_numpy(data.catalog.counts)).to(device)
+    generator = torch.Generator().manual_seed(train_config.seed)  # CPU draws: alike on every device
+    targets = torch.from_numpy(sessions.targets).to(device)
+    outcomes = torch.from_numpy(sessions.outcomes).to(device)
+    hard = torch.from_numpy(sessions.hard_negatives).to(device)
     # The head answers for every offset, so it is finetuned on every offset an engagement is valid for.
     allowed = allowed_offsets(sessions, model.config.offsets)
     valid_offsets = draw_offsets(allowed, np.random.default_rng(train_config.seed))
 
     def queries_of(rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        conditions = (outcomes[rows], torch.full((len(rows),), surface), offsets)
+        """Queries of these engagements (rows on the CPU) for their offsets."""
+        at = rows.to(device)
+        conditions = (outcomes[at], torch.full((len(rows),), surface, device=device), offsets.to(device))
         return head(backbone.hidden_of(rows), *conditions)
 
-    group = current()
     shards = train_config.data_shards or group.world_size
     shard_of_row = user_shards(data.histories.user_ids[sessions.rows[train_rows]], shards)
 
@@ -272,23 +276,24 @@ def finetune_surface(
         return [(torch.from_numpy(rows), offsets[rows]) for rows in merged]
 
     def step_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        batch, offsets = batch
+        rows, offsets = batch
+        at = rows.to(device)
         return sampled_softmax_loss(
-            queries_of(batch, offsets),
-            targets[batch],
+            queries_of(rows, offsets),
+            targets[at],
             backbone.items,
             log_frequency,
             model.config.random_negatives,
             model.config.temperature,
             generator,
-            hard_negatives=hard[batch],
+            hard_negatives=hard[at],
         )
 
     def validate() -> float:
         """How often the engaged item is in the top 10 of all items, on held-out sessions."""
         rows = torch.from_numpy(valid_rows)
         top = (queries_of(rows, valid_offsets[rows]) @ backbone.all_items().T).topk(10, dim=1).indices + 1
-        return (top == targets[rows, None]).any(dim=1).float().mean().item()
+        return (top == targets[rows.to(device), None]).any(dim=1).float().mean().item()
 
     trained = head if freeze_backbone else model
     for parameter in model.parameters():

@@ -126,7 +126,8 @@ def in_groups(keys: np.ndarray, compute: Callable[[np.ndarray], torch.Tensor]) -
         rows = np.flatnonzero(keys == key)
         parts.append(compute(rows))
         order.append(rows)
-    return torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(order)))]
+    merged = torch.cat(parts)
+    return merged[torch.from_numpy(np.argsort(np.concatenate(order))).to(merged.device)]
 
 
 @dataclass

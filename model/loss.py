@@ -41,7 +41,8 @@ def sampled_softmax_loss(
     num_items = len(log_frequency) - 1
     every_target = current().gather(targets)  # the global batch's
     in_batch = torch.unique(every_target)  # sorted
-    sampled = torch.randint(1, num_items + 1, (random_negatives,), generator=generator)
+    # Drawn on the CPU (the generator's), so that every device draws alike; used where the queries are.
+    sampled = torch.randint(1, num_items + 1, (random_negatives,), generator=generator).to(queries.device)
     candidates = torch.cat([in_batch, sampled])  # (M,)
     n = len(every_target)
     in_batch_chance = -torch.expm1(n * torch.log1p(-log_frequency[candidates].exp().clamp(max=1 - 1e-7)))

@@ -134,12 +134,13 @@ class ItemTower(nn.Module):
 
     def all_items(self, chunk: int = 65_536) -> torch.Tensor:
         """Embeddings of items 1..V, (V, C), computed in chunks (the index is built from these)."""
-        ids = torch.arange(1, self.config.num_items + 1)
+        ids = torch.arange(1, self.config.num_items + 1, device=self.id_evidence.device)
         return torch.cat([self(part) for part in ids.split(chunk)])
 
     def table(self) -> torch.Tensor:
         """(V + 1, C): all_items() below a zero row for padding, indexable by item index."""
-        return torch.cat([torch.zeros(1, self.config.dim), self.all_items()])
+        items = self.all_items()
+        return torch.cat([items.new_zeros(1, self.config.dim), items])
 
 
 def _sparse_rows(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,8 +326,8 @@ class PinRecModel(nn.Module):
         elif T == 1 and bool(key_valid.all()):
             mask = None  # one new token that may see everything (decoding one request)
         else:
-            query_at = torch.arange(past, total).view(T, 1)
-            key_at = torch.arange(total).view(1, total)
+            query_at = torch.arange(past, total, device=x.device).view(T, 1)
+            key_at = torch.arange(total, device=x.device).view(1, total)
             causal = key_at <= query_at  # (T, P + T)
             mask = (causal & key_valid[:, None, :]) | (key_at == query_at)  # (B, T, P + T)
             mask = mask[:, None]  # (B, 1, T, P + T)
@@ -361,7 +362,8 @@ class PinRecModel(nn.Module):
         is the previous real token's (its own for the first)."""
         valid = items > 0
         width = items.shape[1]
-        positions = (self.config.max_len - width + torch.arange(width)).clamp(min=0).expand_as(items)
+        positions = self.config.max_len - width + torch.arange(width, device=items.device)
+        positions = positions.clamp(min=0).expand_as(items)
         positions = torch.where(valid, positions, 0)
         previous = torch.cat([times_ms[:, :1], times_ms[:, :-1]], dim=1)
         previous = torch.where(valid & (positions > 0), previous, times_ms)
@@ -380,7 +382,7 @@ class PinRecModel(nn.Module):
 
     def add_head(self, name: str) -> QueryHead:
         """A new head for a surface, starting from the shared head's weights."""
-        head = QueryHead(self.config)
+        head = QueryHead(self.config).to(self.position.weight.device)
         head.load_state_dict(self.heads["shared"].state_dict())
         self.heads[name] = head
         return head
@@ -409,14 +411,15 @@ class PinRecModel(nn.Module):
         valid = items > 0
         hidden, cache = self.encode(items, actions, surfaces, times_ms, item_table)  # (B, T, C)
         tokens = None if use_cache else self.embed_history(items, actions, surfaces, times_ms, item_table)
-        step_times = now_ms[:, None] + STEP_MS * torch.arange(appended)  # (B, S)
+        device = items.device
+        step_times = now_ms[:, None] + STEP_MS * torch.arange(appended, device=device)  # (B, S)
         first_before = torch.where(valid.any(dim=1), times_ms[:, -1], now_ms)[:, None]  # (B, 1)
         before = torch.cat([first_before, step_times[:, :-1]], dim=1)[:, :appended]  # (B, S)
-        positions = (self.config.max_len + torch.arange(appended)).clamp(max=self.position.num_embeddings - 1)
-        positions = positions.expand(B, appended)
+        positions = self.config.max_len + torch.arange(appended, device=device)
+        positions = positions.clamp(max=self.position.num_embeddings - 1).expand(B, appended)
         context = self.token_context(
-            torch.full((B, appended), action),
-            torch.full((B, appended), surface),
+            torch.full((B, appended), action, device=device),
+            torch.full((B, appended), surface, device=device),
             step_times,
             before,
             positions,
@@ -429,7 +432,7 @@ class PinRecModel(nn.Module):
         B = vectors.shape[0]
         at = state.appended
         x = self.token_with(vectors[:, None, :], state.context[:, at : at + 1])  # (B, 1, C)
-        valid = torch.cat([state.valid, torch.ones(B, 1, dtype=torch.bool)], dim=1)  # (B, P + 1)
+        valid = torch.cat([state.valid, state.valid.new_ones(B, 1)], dim=1)  # (B, P + 1)
         if state.cache is None:  # the reference: recompute every token
             tokens = torch.cat([state.tokens, x], dim=1)  # (B, P + 1, C)
             out, _ = self.backbone(tokens, valid)

@@ -14,7 +14,7 @@ from pinrec.model.artifacts import data_fingerprint
 from pinrec.model.config import DAY_MS, HOUR_MS, ModelConfig
 from pinrec.model.data.prepare import PreparedData
 from pinrec.model.data.sequences import Examples, Histories, ShardedEpoch, TrainingBatch, training_batches
-from pinrec.model.distributed import current, user_shards
+from pinrec.model.distributed import current, on_training_device, user_shards
 from pinrec.model.evaluate import exact_metrics, next_queries
 from pinrec.model.loss import full_softmax_loss, item_log_frequency, sampled_softmax_loss
 from pinrec.model.network import PinRecModel
@@ -75,6 +75,7 @@ def base_config(data: PreparedData, **overrides) -> ModelConfig:
     )
 
 
+@on_training_device
 def pretrain(
     model: PinRecModel,
     data: PreparedData,
@@ -88,8 +89,11 @@ def pretrain(
     config = model.config
     valid = valid.first_targets()  # early stopping watches the next item, whatever the protocol
     counts = training_counts(data.histories, train_ends, data.catalog.size)
+    group = current()
+    device = group.device  # where the model is (on_training_device)
     model.items.set_evidence(counts)
-    log_frequency = item_log_frequency(torch.from_numpy(counts))
+    log_frequency = item_log_frequency(torch.from_numpy(counts)).to(device)
+    # Random draws come from the CPU whatever the device, so a GPU run draws what the CPU run draws.
     generator = torch.Generator().manual_seed(train_config.seed)
     batch_users = batch_users or users_per_batch(data.histories, train_ends, config.max_len)
     trained_users = int((train_ends - data.histories.offsets[:-1] >= 2).sum())
@@ -97,7 +101,6 @@ def pretrain(
     # Warm up for at most one epoch (a fixed step count is many epochs on a small dataset).
     train_config = replace(train_config, warmup_steps=min(train_config.warmup_steps, steps_per_epoch))
 
-    group = current()
     shards = train_config.data_shards or group.world_size
     shard_of = user_shards(data.histories.user_ids, shards)
 
@@ -125,12 +128,13 @@ def pretrain(
         return ShardedEpoch(parts, steps)
 
     def step_loss(batch: TrainingBatch) -> torch.Tensor:
+        batch = batch.to(device)
         hidden, _ = model.encode(**batch.inputs.to_dict())  # (B, T, C)
         b, t, k = (batch.targets > 0).nonzero(as_tuple=True)  # one prediction per (row, position, offset)
         outcomes = batch.target_actions[b, t, k]
         # Drawn for the global batch, this process's slice taken: the same draws however it is split.
         start, total = group.local_slice(len(outcomes))
-        draws = torch.rand(total, generator=generator)[start : start + len(outcomes)]
+        draws = torch.rand(total, generator=generator)[start : start + len(outcomes)].to(device)
         hidden_outcome = draws < config.any_outcome_share
         outcomes = torch.where(hidden_outcome, config.any_outcome, outcomes)
         queries = model.query(hidden[b, t], outcomes, batch.target_surfaces[b, t, k], k)

@@ -2,7 +2,8 @@
 a validation metric after every epoch, early stopping on it with the best weights restored, a time budget,
 resumable checkpoints, a progress bar and a training-curve PNG.
 
-Under torchrun the step runs inside DistributedDataParallel (gradients averaged across processes), rank 0
+The module trains where it is (pretrain and finetune place it on the process's device). Under torchrun the
+step runs inside DistributedDataParallel (gradients averaged across processes), rank 0
 validates, checkpoints and decides when to stop, and every process follows its decisions
 (model.distributed)."""
 
@@ -83,7 +84,8 @@ def _step_function(module: nn.Module, step_loss: Callable[[object], torch.Tensor
     from torch.nn.parallel import DistributedDataParallel
 
     # Rank 0's weights go to every process here; parameters a step leaves unused (a frozen part) are fine.
-    return DistributedDataParallel(_Step(module, step_loss), find_unused_parameters=True)
+    on_gpu = [group.device] if group.device.type == "cuda" else None
+    return DistributedDataParallel(_Step(module, step_loss), device_ids=on_gpu, find_unused_parameters=True)
 
 
 def fit(
@@ -110,7 +112,7 @@ def fit(
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "curve": [], "seconds": 0.0}
     best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True)
+        saved = torch.load(checkpoint, weights_only=True, map_location=group.device)
         if saved.get("run_key", "") != key:
             raise ValueError(
                 f"checkpoint {checkpoint} was written by another run (different data or settings): "

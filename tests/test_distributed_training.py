@@ -2,7 +2,10 @@
 validation metric and the weights of one process with the same global batch (`--data-shards 2`) and seed,
 for pretraining and for finetuning (dropout off: dropout draws differ between processes); the two-process
 artifact loads and answers requests; a killed process makes torchrun restart the run, which resumes from
-rank 0's checkpoint; and the sink's event log is read through a pyarrow filesystem URI."""
+rank 0's checkpoint; and the sink's event log is read through a pyarrow filesystem URI.
+
+The device and backend choice is checked here against what torch reports; training on GPUs runs only where
+torch sees one (the GPU check, never in CI)."""
 
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 from pinrec.featurestore.event_log import DAY_MS, day_name, file_name
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA
 from pinrec.model.data.loaders import load_dataset
-from pinrec.model.distributed import Distributed, user_shards
+from pinrec.model.distributed import Distributed, choose_backend, training_device, user_shards
 from pinrec.model.train import TrainConfig, fit, run_key
 from pinrec.serving.engine import LoadedModel, Recommender
 from pinrec.serving.request import parse_instance
@@ -32,7 +35,8 @@ from tests.helpers import REPO
 
 BIN = Path(sys.executable).parent
 MODEL = ["--dim", "32", "--dropout", "0"]
-SHARED = ["--data-shards", "2", "--seed", "3"]
+SHARED = ["--data-shards", "2", "--seed", "3", "--device", "cpu"]
+CPU, GPU0, GPU1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)
 
 
 def pinrec(*args: str | Path, processes: int = 1, timeout_s: float = 300) -> subprocess.CompletedProcess:
@@ -94,6 +98,7 @@ def manifest(path: Path) -> dict:
 def test_two_processes_pretrain_as_one_over_the_same_global_batches(trained: dict[int, Path]) -> None:
     one, two = (manifest(trained[p].parent / f"pretrained-{p}")["metrics"] for p in (1, 2))
     assert two["training"]["processes"] == 2 and two["training"]["backend"] == "gloo"
+    assert one["training"]["device"] == two["training"]["device"] == "cpu"
     curves = [m["training"]["curve"] for m in (one, two)]
     assert [len(c) for c in curves] == [3, 3]
     for epoch_one, epoch_two in zip(*curves, strict=True):
@@ -234,3 +239,65 @@ def test_a_checkpoint_of_another_run_is_refused_not_resumed(tmp_path: Path) -> N
     train(run_key("data A", {"dim": 32}), epochs=2)  # the same run, extended: resumes
     with pytest.raises(ValueError, match="written by another run"):
         train(run_key("data B", {"dim": 32}), epochs=3)
+
+
+def test_the_device_and_the_backend_follow_what_torch_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto trains on a GPU when torch sees one; each process takes the GPU of its local rank (round robin
+    when processes outnumber GPUs); NCCL only when every process has a GPU of its own (NCCL refuses two
+    processes on one GPU), gloo otherwise, with our collectives' tensors on the CPU for gloo."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto", local_rank=1) == training_device("cpu") == CPU
+    with pytest.raises(ValueError, match="torch sees no GPU.*use --device cpu or auto"):
+        training_device("cuda")
+    with pytest.raises(ValueError, match="choose one of auto, cpu, cuda"):
+        training_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert training_device("auto", local_rank=1) == GPU1
+    assert training_device("cuda", local_rank=2) == GPU0
+    assert training_device("cpu", local_rank=1) == CPU
+    assert choose_backend(GPU0, local_processes=2, gpus=2) == "nccl"
+    assert choose_backend(GPU0, local_processes=2, gpus=1) == "gloo"
+    assert choose_backend(CPU, local_processes=2, gpus=2) == "gloo"
+    assert Distributed(0, 2, 0, "nccl", GPU1).collective_device == GPU1
+    assert Distributed(0, 2, 0, "gloo", GPU1).collective_device == CPU
+
+
+def test_asking_for_a_gpu_where_torch_sees_none_is_an_error_that_says_what_to_do(
+    world: Path, tmp_path: Path
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a GPU here")
+    command = [
+        str(BIN / "pinrec"),
+        "train",
+        "--data",
+        str(world),
+        "--out",
+        str(tmp_path / "a"),
+        "--device",
+        "cuda",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "torch sees no GPU" in result.stderr and "--device cpu" in result.stderr
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU check: needs a GPU (never in CI)")
+def test_on_gpus_two_processes_train_as_one_and_as_the_cpu(world: Path) -> None:
+    """The same pretraining on the GPU(s) with one and with two processes (NCCL with a GPU each, gloo when
+    they share one), against the CPU run: the same draws, so the losses agree up to the kernels' rounding."""
+    runs = {}
+    for device, processes in (("cpu", 1), ("cuda", 1), ("cuda", 2)):
+        out = world.parent / f"gpu-check-{device}-{processes}"
+        args = ["--max-epochs", "2", *MODEL, "--data-shards", "2", "--seed", "3", "--device", device]
+        pinrec("train", "--data", world, "--out", out, *args, processes=processes)
+        runs[device, processes] = manifest(out)["metrics"]["training"]
+    gpus = torch.cuda.device_count()
+    assert runs["cuda", 2]["backend"] == ("nccl" if gpus >= 2 else "gloo")
+    assert runs["cuda", 1]["device"] == runs["cuda", 2]["device"] == "cuda"
+    losses = {key: [x for epoch in run["curve"] for x in epoch["step_losses"]] for key, run in runs.items()}
+    assert np.allclose(losses["cuda", 1], losses["cuda", 2], rtol=1e-3, atol=1e-3)
+    assert np.allclose(losses["cpu", 1], losses["cuda", 1], rtol=1e-2, atol=1e-2)
+    LoadedModel.load(world.parent / "gpu-check-cuda-2")  # the artifact is written from the CPU and loads

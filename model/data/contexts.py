@@ -95,7 +95,7 @@ def context_vectors(
         query_ids, query_items = np.full(n, NO_QUERY), QueryItems.empty()
     vectors, present = _query_vectors(item_table, np.asarray(query_ids, dtype=np.int64), query_items)
     if subjects is not None:
-        subject = torch.from_numpy(np.asarray(subjects, dtype=np.int64))
+        subject = torch.from_numpy(np.asarray(subjects, dtype=np.int64)).to(item_table.device)
         vectors = torch.where((subject > 0)[:, None], item_table[subject], vectors)
         present = present | (subject > 0)
     return vectors, present
@@ -113,9 +113,11 @@ def _query_vectors(
     owners = np.repeat(np.arange(len(query_ids)), counts)  # the row of each gathered item
     within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     items = query_items.items[np.repeat(offsets[at], counts) + within]
-    sums = torch.zeros(len(query_ids), item_table.shape[1], dtype=item_table.dtype)
-    sums = sums.index_add(0, torch.from_numpy(owners), item_table[torch.from_numpy(items)])  # (N, C)
-    return F.normalize(sums, dim=1), torch.from_numpy(counts > 0)
+    device = item_table.device
+    sums = item_table.new_zeros(len(query_ids), item_table.shape[1])
+    gathered = item_table[torch.from_numpy(items).to(device)]
+    sums = sums.index_add(0, torch.from_numpy(owners).to(device), gathered)  # (N, C)
+    return F.normalize(sums, dim=1), torch.from_numpy(counts > 0).to(device)
 
 
 def event_contexts(events: pd.DataFrame, catalog: ItemCatalog) -> tuple[np.ndarray, np.ndarray]:

@@ -242,6 +242,9 @@ class HistoryBatch:
             "times_ms": self.times,
         }
 
+    def to(self, device: torch.device) -> HistoryBatch:
+        return HistoryBatch(*(t.to(device) for t in (self.items, self.actions, self.surfaces, self.times)))
+
 
 def history_batch(histories: Histories, starts: np.ndarray, ends: np.ndarray) -> HistoryBatch:
     """Events [start, end) of each row, left-padded to the longest."""
@@ -274,6 +277,12 @@ class TrainingBatch:
     def tokens(self) -> int:
         """History tokens the model reads (padding excluded): what training throughput counts."""
         return int((self.inputs.items > 0).sum())
+
+    def to(self, device: torch.device) -> TrainingBatch:
+        return TrainingBatch(
+            self.inputs.to(device),
+            *(t.to(device) for t in (self.targets, self.target_actions, self.target_surfaces)),
+        )
 
 
 class Epoch:

@@ -21,6 +21,7 @@ from pinrec.model.data.contexts import carries_contexts
 from pinrec.model.data.loaders import dataset_name, load_dataset
 from pinrec.model.data.prepare import PreparedData, prepare
 from pinrec.model.data.sequences import future_window, leave_one_out
+from pinrec.model.distributed import process_group
 from pinrec.model.evaluate import item_index, leave_one_out_metrics, next_queries
 from pinrec.model.finetune import finetune_surface
 from pinrec.model.future_eval import (
@@ -45,6 +46,8 @@ class ModelBenchConfig:
     seeds: int = 3  # runs per model: the report gives their mean and standard deviation
     max_epochs: int = 200
     threads: int = 0  # torch threads per process (0: every available CPU)
+    dim: int = 64  # model width (the GPU check trains wider: 128-256)
+    device: str = "cpu"  # where the models train: cpu | cuda | auto (model.distributed.training_device)
     window_ms: int = 7 * DAY_MS  # protocol B target window
     budget: int = 100  # protocol B budgeted recall N
 
@@ -54,12 +57,17 @@ def history_cap(name: str) -> int:
     return 200 if name.startswith("ml-") else 50
 
 
-def model_config(data: PreparedData, variant: str, max_len: int) -> ModelConfig:
+def model_config(data: PreparedData, variant: str, max_len: int, dim: int = 64) -> ModelConfig:
     """A variant's configuration for this dataset; the variant switches parts off, never on."""
-    return base_config(data, max_len=max_len).with_variant(variant)
+    return base_config(data, max_len=max_len, dim=dim).with_variant(variant)
 
 
 def run_model_bench(config: ModelBenchConfig, json_path: Path | None) -> dict:
+    with process_group(config.device):  # the models train on config.device
+        return _run_model_bench(config, json_path)
+
+
+def _run_model_bench(config: ModelBenchConfig, json_path: Path | None) -> dict:
     if config.seeds < 1:
         raise ValueError("--seeds must be at least 1")
     vocabulary = Vocabulary()
@@ -120,7 +128,9 @@ def _leave_one_out(config: ModelBenchConfig, data: PreparedData, train_config: T
     split = leave_one_out(data.histories)
     results, curves = [], {}
     for variant in ("sasrec", "pinrec"):
-        model = new_model(model_config(data, variant, history_cap(name)), data, seed=train_config.seed)
+        model = new_model(
+            model_config(data, variant, history_cap(name), config.dim), data, seed=train_config.seed
+        )
         trained = pretrain(model, data, split.train_ends, split.valid, train_config, name=variant)
         index = item_index(model)
         queries = next_queries(
@@ -148,7 +158,7 @@ def _print_loo(report: dict, config: ModelBenchConfig) -> None:
     results = report["results"]
     print_table(
         f"Protocol A (leave-one-out, full ranking) on {report['dataset']}, {report['test_users']:,} users, "
-        f"mean ± std over {report['seeds']} seeds",
+        f"mean ± std over {report['seeds']} seeds; d={config.dim} on {config.device}",
         [
             (
                 f"{r['model']} HR@10 / NDCG@10 / HR@50",
@@ -179,7 +189,7 @@ def _future(config: ModelBenchConfig, data: PreparedData, train_config: TrainCon
     train_users = np.flatnonzero(split.train_ends > data.histories.offsets[:-1])
     results, curves, models = [], {}, {}
     for variant in ("sasrec", "pinrec-unconditioned", "pinrec-oc", "pinrec"):
-        model = new_model(model_config(data, variant, 200), data, seed=train_config.seed)
+        model = new_model(model_config(data, variant, 200, config.dim), data, seed=train_config.seed)
         trained = pretrain(model, data, split.train_ends, split.valid, train_config, name=variant)
         index = item_index(model)
         metrics = future_window_metrics(

@@ -55,6 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seeds", type=int, default=3, help="runs per model; the table shows their mean ± std"
     )
     model.add_argument("--threads", type=int, default=0, help="torch threads (default: the CPUs available)")
+    model.add_argument("--dim", type=int, default=64, help="model width of both models (default 64)")
+    model.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        default="cpu",
+        help="where both models train (default cpu: a benchmark names its device; cuda: the GPU check)",
+    )
     model.add_argument(
         "--out", dest="out_dir", type=Path, default=Path("bench-model"), help="folder for training curves"
     )
@@ -98,6 +105,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--processes", type=int, default=2, help="processes of the parallel run (default 2)")
     train.add_argument("--epochs", type=int, default=3, help="epochs of each run (default 3)")
     train.add_argument("--dim", type=int, default=64, help="model width (default 64)")
+    train.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="where the compared runs train (default cpu); cuda adds 1 and N processes on the GPUs to the "
+        "CPU reference (the GPU check)",
+    )
     train.add_argument(
         "--out",
         dest="out_dir",

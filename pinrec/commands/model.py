@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="pretrain the backbone and shared head on positive actions of all surfaces",
         description="Pretrain on one process, or data-parallel under torchrun: `torchrun --nproc-per-node N "
-        "--no-python pinrec train ...` (gloo; training runs on the CPU; rank 0 validates and "
-        "writes the checkpoint and the artifact; with --max-restarts, restarted processes resume from the "
-        "checkpoint).",
+        "--no-python pinrec train ...` (each process on its GPU with NCCL, or on the CPU with gloo: "
+        "--device; rank 0 validates and writes the checkpoint and the artifact; with --max-restarts, "
+        "restarted processes resume from the checkpoint).",
     )
     _data_option(train)
     train.add_argument("--out", type=Path, required=True, help="new artifact directory (must not exist)")
@@ -107,6 +107,14 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
         help="resumable checkpoint file (resumes when present; under torchrun default <out>.checkpoint.pt)",
     )
     parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where each process trains: cuda (the process's GPU, cuda:LOCAL_RANK) with NCCL between "
+        "processes when each has a GPU of its own, else gloo; cpu with gloo; auto (default): cuda when torch "
+        "sees a GPU",
+    )
+    parser.add_argument(
         "--data-shards",
         type=int,
         default=0,
@@ -164,7 +172,7 @@ def run_train(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.out.exists():
         raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
-    with process_group() as group:
+    with process_group(args.device) as group:
         return _train(args, settings, group)
 
 
@@ -193,7 +201,11 @@ def _train(args: argparse.Namespace, settings: Settings, group) -> int:
     result = pretrain(model, data, split.train_ends, split.valid, _train_config(args), checkpoint=checkpoint)
     if not group.is_main:
         return 0  # rank 0 writes the artifact
-    training = result.to_dict() | {"processes": group.world_size, "backend": group.backend or "single"}
+    training = result.to_dict() | {
+        "processes": group.world_size,
+        "backend": group.backend or "single",
+        "device": group.device.type,
+    }
     metrics = {"validation_ndcg@10": result.best_metric, "training": training}
     save_trained(args.out, model, data, metrics)
     plot_curves({args.variant: result.curve}, args.out / "training-curve.png", "NDCG@10")
@@ -206,7 +218,7 @@ def run_finetune(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.out.exists():
         raise ValueError(f"{args.out} exists; artifacts are immutable, choose a new --out")
-    with process_group() as group:
+    with process_group(args.device) as group:
         return _finetune(args, group)
 
 
