@@ -847,6 +847,39 @@ def test_num_proc_per_node_auto_leaves_it_to_trainer(value: int | str, expected:
     assert refused.returncode != 0 and "/training/numProcPerNode" in refused.stderr
 
 
+def test_training_on_gpus_takes_a_cuda_image_and_the_gpus_of_resources_per_node() -> None:
+    """GPU nodes: the TrainJob asks for the GPUs, Trainer starts one process per GPU, and the trainer pods run
+    the CUDA image (the release's own keeps a CPU-only torch); `pinrec train --device auto` then trains each
+    process on its GPU with NCCL."""
+    gpu_values = (
+        "training.numProcPerNode=auto",
+        "training.image.repository=ghcr.io/pinrec/pinrec-cuda",
+        "training.image.tag=cu128",
+    )
+    resources = 'training.resourcesPerNode={"limits": {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": 2}}'
+    gpu_toleration = (
+        'training.tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
+    )
+    docs = helm_objects(
+        *gpu_values, set_json=(resources, gpu_toleration), values_files=(KIND_VALUES, TRAINING_VALUES)
+    )
+    trainer = trainjob_of(docs)["spec"]["trainer"]
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 2 and "numProcPerNode" not in trainer
+    assert trainer["image"] == "ghcr.io/pinrec/pinrec-cuda:cu128"
+    (runtime,) = [doc for doc in docs if doc["kind"] == "TrainingRuntime"]
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "ghcr.io/pinrec/pinrec-cuda:cu128"
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu"]
+    serving = the_object(docs, "Deployment", "pinrec-consumer")["spec"]["template"]["spec"]["containers"][0]
+    assert serving["image"] == "pinrec:dev", "only training takes the CUDA image"
+    digest = helm_objects(
+        "training.image.repository=r/cuda",
+        f"training.image.digest={DIGEST}",
+        values_files=(KIND_VALUES, TRAINING_VALUES),
+    )
+    assert trainjob_of(digest)["spec"]["trainer"]["image"] == f"r/cuda@{DIGEST}"
+
+
 RETRAIN_STUB = """#!/usr/bin/env bash
 # Records its call (one line, shell-quoted) and exits as told.
 printf '%q ' "$(basename "$0")" "$@" >> "$RETRAIN_CALLS"

@@ -67,6 +67,15 @@ Usage: include "pinrec.imageRef" (dict "image" .Values.kafka.image "defaultTag" 
 {{- include "pinrec.imageRef" (dict "image" .Values.image "defaultTag" .Chart.AppVersion) -}}
 {{- end -}}
 
+{{/* The training pods' image: training.image when its repository is set, else the release's. */}}
+{{- define "pinrec.trainingImage" -}}
+{{- if .Values.training.image.repository -}}
+{{- include "pinrec.imageRef" (dict "image" .Values.training.image "defaultTag" .Chart.AppVersion) -}}
+{{- else -}}
+{{- include "pinrec.image" . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "pinrec.kafkaImage" -}}
 {{- include "pinrec.imageRef" (dict "image" .Values.kafka.image "defaultTag" "") -}}
 {{- end -}}
@@ -521,7 +530,7 @@ spec:
     {{- end }}
   activeDeadlineSeconds: {{ $training.activeDeadlineSeconds }}
   trainer:
-    image: {{ include "pinrec.image" $ctx }}
+    image: {{ include "pinrec.trainingImage" $ctx }}
     command: ["bash", "/etc/pinrec/training/retrain.sh"]
     args:
       - --event-log
