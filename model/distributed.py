@@ -174,12 +174,13 @@ def init_from_environment(device: str = "auto", timeout_s: float = 1800.0) -> Di
         return _CURRENT
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     gpus = torch.cuda.device_count() if where.type == "cuda" else 0
-    backend = choose_backend(where, local_processes, gpus)
     timeout = datetime.timedelta(seconds=timeout_s)
     rank = int(os.environ["RANK"])
+    store = _restart_store(rank, world_size, timeout)
+    backend = _agreed_backend(store, rank, world_size, choose_backend(where, local_processes, gpus))
     dist.init_process_group(
         backend,
-        store=_restart_store(rank, world_size, timeout),
+        store=store,
         rank=rank,
         world_size=world_size,
         timeout=timeout,
@@ -188,6 +189,16 @@ def init_from_environment(device: str = "auto", timeout_s: float = 1800.0) -> Di
     _CURRENT = Distributed(dist.get_rank(), dist.get_world_size(), local_rank, backend, where)
     log.info("rank %d of %d on %s (%s)", _CURRENT.rank, world_size, where, backend)
     return _CURRENT
+
+
+def _agreed_backend(store: dist.Store, rank: int, world_size: int, mine: str) -> str:
+    """NCCL only when every process can use it: each process judges its own machine (its GPUs, its
+    processes), and machines that differ (one without GPUs, one with fewer GPUs than processes) would
+    otherwise pick different backends and hang in the group's start. gloo, when any process needs it, works
+    for all."""
+    store.set(f"backend/{rank}", mine)
+    every = [store.get(f"backend/{other}").decode() for other in range(world_size)]  # waits for each
+    return "nccl" if all(backend == "nccl" for backend in every) else "gloo"
 
 
 def _restart_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:

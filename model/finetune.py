@@ -250,7 +250,8 @@ def finetune_surface(
     valid_offsets = draw_offsets(allowed, np.random.default_rng(train_config.seed))
 
     def queries_of(rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Queries of these engagements (rows on the CPU) for their offsets."""
+        """Queries of these engagements for their offsets (rows and offsets on the CPU, or on the GPU where
+        DistributedDataParallel moved the batch: every lookup here takes either)."""
         at = rows.to(device)
         conditions = (outcomes[at], torch.full((len(rows),), surface, device=device), offsets.to(device))
         return head(backbone.hidden_of(rows), *conditions)
@@ -289,11 +290,16 @@ def finetune_surface(
             hard_negatives=hard[at],
         )
 
-    def validate() -> float:
-        """How often the engaged item is in the top 10 of all items, on held-out sessions."""
-        rows = torch.from_numpy(valid_rows)
-        top = (queries_of(rows, valid_offsets[rows]) @ backbone.all_items().T).topk(10, dim=1).indices + 1
-        return (top == targets[rows.to(device), None]).any(dim=1).float().mean().item()
+    def validate(chunk: int = 1024) -> float:
+        """How often the engaged item is in the top 10 of all items, on held-out sessions (scored in chunks:
+        a GPU holds less than the host)."""
+        items = backbone.all_items()
+        hits = 0
+        for part in _chunks(valid_rows, chunk):
+            rows = torch.from_numpy(part)
+            top = (queries_of(rows, valid_offsets[rows]) @ items.T).topk(10, dim=1).indices + 1
+            hits += int((top == targets[rows.to(device), None]).any(dim=1).sum())
+        return hits / max(len(valid_rows), 1)
 
     trained = head if freeze_backbone else model
     for parameter in model.parameters():

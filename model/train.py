@@ -112,7 +112,9 @@ def fit(
     state = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "curve": [], "seconds": 0.0}
     best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=True, map_location=group.device)
+        # Loaded on the CPU: the states go to the parameters' device as they load (AdamW's step counts stay on
+        # the CPU, as in a fresh run, instead of costing a GPU sync each).
+        saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
         if saved.get("run_key", "") != key:
             raise ValueError(
                 f"checkpoint {checkpoint} was written by another run (different data or settings): "

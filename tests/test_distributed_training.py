@@ -26,7 +26,13 @@ import torch
 from pinrec.featurestore.event_log import DAY_MS, day_name, file_name
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA
 from pinrec.model.data.loaders import load_dataset
-from pinrec.model.distributed import Distributed, choose_backend, training_device, user_shards
+from pinrec.model.distributed import (
+    Distributed,
+    _agreed_backend,
+    choose_backend,
+    training_device,
+    user_shards,
+)
 from pinrec.model.train import TrainConfig, fit, run_key
 from pinrec.serving.engine import LoadedModel, Recommender
 from pinrec.serving.request import parse_instance
@@ -261,6 +267,18 @@ def test_the_device_and_the_backend_follow_what_torch_sees(monkeypatch: pytest.M
     assert choose_backend(CPU, local_processes=2, gpus=2) == "gloo"
     assert Distributed(0, 2, 0, "nccl", GPU1).collective_device == GPU1
     assert Distributed(0, 2, 0, "gloo", GPU1).collective_device == CPU
+
+
+def test_nccl_only_when_every_process_can_use_it() -> None:
+    """Each process judges its own machine; a machine without GPUs (or with fewer than its processes) makes
+    the whole group take gloo instead of hanging in a group whose processes chose different backends."""
+    for theirs, agreed in (("nccl", "nccl"), ("gloo", "gloo")):
+        store = torch.distributed.HashStore()
+        store.set("backend/1", theirs)
+        assert _agreed_backend(store, rank=0, world_size=2, mine="nccl") == agreed
+    store = torch.distributed.HashStore()
+    store.set("backend/0", "nccl")
+    assert _agreed_backend(store, rank=1, world_size=2, mine="gloo") == "gloo"
 
 
 def test_asking_for_a_gpu_where_torch_sees_none_is_an_error_that_says_what_to_do(
