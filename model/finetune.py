@@ -327,6 +327,7 @@ def finetune_surface(
         )
         if checkpoint is not None
         else "",
+        generator,
     )
     for parameter in model.parameters():
         parameter.requires_grad_(True)

@@ -170,4 +170,15 @@ def pretrain(
         if checkpoint is not None
         else ""
     )
-    return fit(model, model.parameters(), batches, step_loss, validate, train_config, checkpoint, name, key)
+    return fit(
+        model,
+        model.parameters(),
+        batches,
+        step_loss,
+        validate,
+        train_config,
+        checkpoint,
+        name,
+        key,
+        generator,
+    )

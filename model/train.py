@@ -98,9 +98,12 @@ def fit(
     checkpoint: Path | None = None,
     name: str = "train",
     key: str = "",
+    generator: torch.Generator | None = None,  # the step's own random draws (negatives), checkpointed too
 ) -> TrainResult:
     """Train until patience, the time budget or max_epochs. A checkpoint is resumed only when it was written
-    with the same key (data and settings: run_key()); another run's is refused."""
+    with the same key (data and settings: run_key()); another run's is refused. A resumed run goes on with
+    the random state it stopped with (torch's, the device's and `generator`'s), so it takes the steps an
+    uninterrupted run takes."""
     group = current()
     set_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -125,6 +128,7 @@ def fit(
         schedule.load_state_dict(saved["schedule"])
         best_weights = saved["best_weights"]
         state = saved["state"]
+        _restore_random_state(saved.get("random", {}), generator, group.device)
         log.info("%s: resumed from %s after epoch %d", name, checkpoint, state["epoch"])
 
     if config.validate_start and state["epoch"] == 0 and state["best_epoch"] < 0:
@@ -171,7 +175,8 @@ def fit(
             best_weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         state["epoch"], state["seconds"] = epoch + 1, elapsed
         if checkpoint is not None and group.is_main:
-            _save_checkpoint(checkpoint, module, optimizer, schedule, best_weights, state, key)
+            random = _random_state(generator, group.device)
+            _save_checkpoint(checkpoint, module, optimizer, schedule, best_weights, state, key, random)
         if epoch + 1 - state["best_epoch"] >= config.patience:
             stopped_by = "patience"
             break
@@ -208,7 +213,30 @@ def run_key(*parts: object) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, state, key: str) -> None:
+def _random_state(generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """The random state a resumed run needs: torch's (dropout), the GPU's, and the step's generator."""
+    random = {"torch": torch.get_rng_state()}
+    if generator is not None:
+        random["generator"] = generator.get_state()
+    if device.type == "cuda":
+        random["cuda"] = torch.cuda.get_rng_state(device)
+    return random
+
+
+def _restore_random_state(
+    random: dict[str, torch.Tensor], generator: torch.Generator | None, device: torch.device
+) -> None:
+    if "torch" in random:
+        torch.set_rng_state(random["torch"])
+    if generator is not None and "generator" in random:
+        generator.set_state(random["generator"])
+    if device.type == "cuda" and "cuda" in random:
+        torch.cuda.set_rng_state(random["cuda"], device)
+
+
+def _save_checkpoint(
+    path: Path, module, optimizer, schedule, best_weights, state, key: str, random: dict[str, torch.Tensor]
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(
@@ -219,6 +247,7 @@ def _save_checkpoint(path: Path, module, optimizer, schedule, best_weights, stat
             "best_weights": best_weights,
             "state": state,
             "run_key": key,
+            "random": random,
         },
         partial,
     )

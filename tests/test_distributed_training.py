@@ -167,6 +167,25 @@ def test_a_stopped_two_process_run_resumes_from_rank_zeros_checkpoint(world: Pat
     )
 
 
+def test_a_resumed_run_takes_the_steps_of_an_uninterrupted_one(world: Path) -> None:
+    """The checkpoint carries the random state (dropout's, the sampled negatives' generator), so epochs 3
+    and 4 after a stop at epoch 2 are those of a run that never stopped, step by step (dropout on)."""
+    model = ["--dim", "32", "--dropout", "0.3", "--device", "cpu", "--threads", "1"]
+    straight = world.parent / "straight"
+    pinrec("train", "--data", world, "--out", straight, "--max-epochs", "4", *model)
+    checkpoint = world.parent / "stopped.checkpoint.pt"
+    common = ["--data", world, "--checkpoint", checkpoint, *model]
+    pinrec("train", "--out", world.parent / "stopped", "--max-epochs", "2", *common)
+    pinrec("train", "--out", world.parent / "continued", "--max-epochs", "4", *common)
+    curves = [
+        manifest(world.parent / name)["metrics"]["training"]["curve"] for name in ("straight", "continued")
+    ]
+    assert [c["epoch"] for c in curves[1]] == [1, 2, 3, 4]
+    for uninterrupted, resumed in zip(*curves, strict=True):
+        assert resumed["step_losses"] == uninterrupted["step_losses"], f"epoch {resumed['epoch']}"
+        assert resumed["metric"] == uninterrupted["metric"]
+
+
 def test_a_killed_process_is_restarted_by_torchrun_and_the_run_resumes(world: Path) -> None:
     """torchrun --max-restarts: one process is SIGKILLed after rank 0 wrote a checkpoint; torchrun restarts
     both, and they resume from it (model.distributed keys the store by restart, without which the restarted
