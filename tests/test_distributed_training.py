@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -125,6 +126,33 @@ def test_two_processes_finetune_as_one_and_the_weights_agree(trained: dict[int, 
     worst = max(float((weights[0][k].double() - weights[1][k].double()).abs().max()) for k in weights[0])
     print(f"largest weight difference, 1 vs 2 processes: {worst:.2e}")
     assert worst < 1e-3
+
+
+def test_two_nodes_rendezvous_and_train_as_one_process(world: Path, trained: dict[int, Path]) -> None:
+    """`torchrun --nnodes 2` on two "machines" (two torchrun agents here, one process each, meeting through
+    the c10d rendezvous as nodes of a cluster do): the same steps as one process with the same shards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = world.parent / "two-nodes"
+    command = [str(BIN / "torchrun"), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d"]
+    command += [
+        f"--rdzv-endpoint=127.0.0.1:{port}",
+        "--rdzv-id=two-nodes",
+        "--no-python",
+        str(BIN / "pinrec"),
+    ]
+    command += ["train", "--data", str(world), "--out", str(out), "--max-epochs", "3", *MODEL, *SHARED]
+    nodes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in "ab"
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    two = manifest(out)["metrics"]["training"]
+    one = manifest(trained[1].parent / "pretrained-1")["metrics"]["training"]
+    assert (two["processes"], two["backend"]) == (2, "gloo")
+    steps = [[x for epoch in run["curve"] for x in epoch["step_losses"]] for run in (one, two)]
+    assert np.allclose(*steps, rtol=1e-4, atol=1e-5)
 
 
 def test_the_two_process_artifact_serves(trained: dict[int, Path]) -> None:
