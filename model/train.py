@@ -3,9 +3,8 @@ a validation metric after every epoch, early stopping on it with the best weight
 resumable checkpoints, a progress bar and a training-curve PNG.
 
 The module trains where it is (pretrain and finetune place it on the process's device). Under torchrun the
-step runs inside DistributedDataParallel (gradients averaged across processes), rank 0
-validates, checkpoints and decides when to stop, and every process follows its decisions
-(model.distributed)."""
+step runs inside DistributedDataParallel (gradients averaged across processes), rank 0 validates,
+checkpoints and decides when to stop, and every process follows its decisions (model.distributed)."""
 
 from __future__ import annotations
 
