@@ -366,3 +366,32 @@ def test_on_gpus_two_processes_train_as_one_and_as_the_cpu(world: Path) -> None:
     assert np.allclose(losses["cuda", 1], losses["cuda", 2], rtol=1e-3, atol=1e-3)
     assert np.allclose(losses["cpu", 1], losses["cuda", 1], rtol=1e-2, atol=1e-2)
     LoadedModel.load(world.parent / "gpu-check-cuda-2")  # the artifact is written from the CPU and loads
+
+
+def test_bench_train_with_cuda_adds_gpu_runs_to_the_cpu_reference(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The GPU check's benchmark plan and report, its training runs faked (they need a GPU): one CPU process
+    is the reference, then 1 and N processes on the GPUs, each as a ratio to it; the 1-vs-N difference is
+    taken on the GPU, and the GPU-vs-CPU difference beside it."""
+    from pinrec.bench import training
+
+    def run(config, data, processes: int, device: str) -> dict:
+        speed = (10.0 if device == "cuda" else 1.0) * processes
+        losses = [2.0, 1.0 + (1e-3 if device == "cuda" else 0.0)]
+        return {
+            "processes": processes,
+            "device": device,
+            "backend": "nccl" if processes > 1 else "single",
+        } | {"tokens": 1000, "tokens_per_s": 1000 * speed, "epoch_s": 1.0 / speed, "step_losses": losses}
+
+    monkeypatch.setattr(training, "_train", run)
+    monkeypatch.setattr(training, "_world", lambda config: tmp_path)
+    config = training.TrainingBenchConfig(device="cuda", processes=2, out_dir=tmp_path)
+    result = training.run_training_bench(config, tmp_path / "train.json")
+    assert [(r["device"], r["processes"]) for r in result["runs"]] == [("cpu", 1), ("cuda", 1), ("cuda", 2)]
+    assert [r["ratio_to_reference"] for r in result["runs"]] == [1.0, 10.0, 20.0]
+    assert result["max_step_loss_difference"] == 0.0
+    assert result["max_step_loss_difference_to_cpu"] == pytest.approx(1e-3)
+    assert json.loads((tmp_path / "train.json").read_text())["reference"] == "1 process on the CPU"
+    assert "2 processes on cuda (nccl): ratio to the reference" in capsys.readouterr().out
