@@ -269,6 +269,11 @@ def test_training_reads_the_sinks_event_log_through_a_filesystem_uri(world: Path
     out = tmp_path / "from-uri"
     pinrec("train", "--data", uri, "--out", out, "--max-epochs", "1", *MODEL)
     assert manifest(out)["metrics"]["training"]["epochs"] == 1
+    missing = f"file://{tmp_path / 'no-log'}"
+    command = [str(BIN / "pinrec"), "train", "--data", missing, "--out", str(tmp_path / "none")]
+    refused = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"cannot read the event log at {missing}" in refused.stderr and "credentials" in refused.stderr
 
 
 def test_a_checkpoint_of_another_run_is_refused_not_resumed(tmp_path: Path) -> None:

@@ -71,7 +71,14 @@ def load_dataset(path: Path | str, vocabulary: Vocabulary = DEFAULT_VOCABULARY) 
     """Load any supported dataset, choosing the loader from the path (see ACCEPTED_FORMATS). A URI
     (scheme://...) is the sink's event log on that filesystem (object storage)."""
     if isinstance(path, str) and "://" in path:
-        return EventLog.read_sink(path, path.rstrip("/").rsplit("/", 1)[-1])
+        try:
+            return EventLog.read_sink(path, path.rstrip("/").rsplit("/", 1)[-1])
+        except OSError as error:  # pyarrow's filesystems: missing, unreachable, refused
+            raise ValueError(
+                f"cannot read the event log at {path}: {error}. Check the URI, and that filesystem's "
+                "credentials in the environment (S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, "
+                "AWS_ENDPOINT_URL for other S3 stores; GCS: GOOGLE_APPLICATION_CREDENTIALS)"
+            ) from error
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset path {path} does not exist; pass {ACCEPTED_FORMATS}")
