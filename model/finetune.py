@@ -176,7 +176,7 @@ class _FrozenBackbone(_Backbone):
         return out
 
     def hidden_of(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.hidden[rows.to(self.hidden.device)]
+        return self.hidden[rows]
 
     def items(self, items: torch.Tensor) -> torch.Tensor:
         return self.table[items]
@@ -249,12 +249,10 @@ def finetune_surface(
     allowed = allowed_offsets(sessions, model.config.offsets)
     valid_offsets = draw_offsets(allowed, np.random.default_rng(train_config.seed))
 
-    def queries_of(rows: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        """Queries of these engagements for their offsets (rows and offsets on the CPU, or on the GPU where
-        DistributedDataParallel moved the batch: every lookup here takes either)."""
-        at = rows.to(device)
-        conditions = (outcomes[at], torch.full((len(rows),), surface, device=device), offsets.to(device))
-        return head(backbone.hidden_of(rows), *conditions)
+    def queries_of(at: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Queries of these engagements (their rows, on the model's device) for their offsets."""
+        conditions = (outcomes[at], torch.full((len(at),), surface, device=device), offsets.to(device))
+        return head(backbone.hidden_of(at), *conditions)
 
     shards = train_config.data_shards or group.world_size
     shard_of_row = user_shards(data.histories.user_ids[sessions.rows[train_rows]], shards)
@@ -278,9 +276,9 @@ def finetune_surface(
 
     def step_loss(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         rows, offsets = batch
-        at = rows.to(device)
+        at = rows.to(device)  # a no-op where DistributedDataParallel moved the batch already
         return sampled_softmax_loss(
-            queries_of(rows, offsets),
+            queries_of(at, offsets),
             targets[at],
             backbone.items,
             log_frequency,
@@ -296,9 +294,9 @@ def finetune_surface(
         items = backbone.all_items()
         hits = 0
         for part in _chunks(valid_rows, chunk):
-            rows = torch.from_numpy(part)
-            top = (queries_of(rows, valid_offsets[rows]) @ items.T).topk(10, dim=1).indices + 1
-            hits += int((top == targets[rows.to(device), None]).any(dim=1).sum())
+            at = torch.from_numpy(part).to(device)
+            top = (queries_of(at, valid_offsets[part]) @ items.T).topk(10, dim=1).indices + 1
+            hits += int((top == targets[at, None]).any(dim=1).sum())
         return hits / max(len(valid_rows), 1)
 
     trained = head if freeze_backbone else model
