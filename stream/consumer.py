@@ -26,9 +26,9 @@ from kafka.errors import CommitFailedError, KafkaError
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.stream.dead_letters import DeadLetters
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
+from pinrec.stream.group_member import group_consumer
 from pinrec.stream.metrics import ConsumerMetrics
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
-from pinrec.stream.topics import group_consumer
 from pinrec.stream.writes import merge_all, write_merged
 
 log = logging.getLogger(__name__)

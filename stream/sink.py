@@ -48,9 +48,9 @@ from pinrec.featurestore.event_log import (
 )
 from pinrec.featurestore.schema import EVENT_LOG_SCHEMA, Vocabulary
 from pinrec.stream.events import Event, EventLimits, InvalidEvent, parse_event
+from pinrec.stream.group_member import group_consumer
 from pinrec.stream.metrics import sample_total
 from pinrec.stream.security import PLAINTEXT, KafkaSecurity
-from pinrec.stream.topics import group_consumer
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,8 @@ import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -108,28 +107,3 @@ def delete_topics(bootstrap: str, names: Sequence[str], security: KafkaSecurity 
         pass
     finally:
         admin.close()
-
-
-class GroupMemberSettings(Protocol):
-    bootstrap: str
-    group_id: str
-    max_poll_records: int
-    metadata_max_age_ms: int
-    security: KafkaSecurity
-
-
-def group_consumer(settings: GroupMemberSettings) -> KafkaConsumer:
-    """A consumer-group member that commits by hand after its work is durable, reads large batches, and
-    may hold one for minutes (a store outage, a slow object store) without leaving the group."""
-    return KafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
-        group_id=settings.group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=settings.max_poll_records,
-        max_poll_interval_ms=600_000,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        metadata_max_age_ms=settings.metadata_max_age_ms,
-        **settings.security.client_options(),
-    )

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections import defaultdict
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from kafka import KafkaProducer
 from pinrec.featurestore.definitions import SEQUENCE_FIELDS, USER_ACTIVITY_VIEW
 from pinrec.featurestore.schema import Vocabulary, event_key
 from pinrec.featurestore.store import FeatureStoreSettings, apply, open_store
-from pinrec.localstack.processes import die_with_parent, pick_port
+from pinrec.localstack.processes import die_with_parent
 from pinrec.stream.events import Event
 
 from .helpers import REPO
@@ -47,11 +48,13 @@ def make_events(count: int, users: int, seed: int, redelivered: float = 0.02) ->
 
 
 def send(bootstrap: str, topic: str, events: list[Event]) -> None:
+    """Send and confirm every event: a failed delivery raises here, not as missing data later."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    for event in events:
-        producer.send(topic, key=event.key, value=event.to_json())
+    sent = [producer.send(topic, key=event.key, value=event.to_json()) for event in events]
     producer.flush()
     producer.close()
+    for delivery in sent:
+        delivery.get(timeout=0)
 
 
 def reference_sequences(events: list[Event], cap: int = 200) -> Sequences:
@@ -97,19 +100,34 @@ def stored_sequences(settings: FeatureStoreSettings, users: list[int]) -> Sequen
     }
 
 
-def wait_for_sequences(settings: FeatureStoreSettings, expected: Sequences, timeout_s: float = 120) -> None:
+def wait_for_sequences(
+    settings: FeatureStoreSettings,
+    expected: Sequences,
+    timeout_s: float = 120,
+    writer: ConsumerProcess | None = None,
+) -> None:
+    """Wait until the store holds the expected sequences; a failure shows the writer's log, if given."""
     deadline = time.monotonic() + timeout_s
     users = sorted(expected)
     while True:
         actual = stored_sequences(settings, users)
         if actual == expected:
             return
+        if writer is not None:
+            assert writer.process.poll() is None, f"the consumer exited: {writer.report()}"
         if time.monotonic() > deadline:
             wrong = [u for u in users if actual.get(u) != expected[u]]
             raise AssertionError(
-                f"{len(wrong)} of {len(users)} users differ from the reference, e.g. {wrong[:5]}"
+                f"{len(wrong)} of {len(users)} users differ from the reference after {timeout_s:.0f} s, "
+                f"e.g. {wrong[:5]}" + (f"; the consumer: {writer.report()}" if writer else "")
             )
         time.sleep(1)
+
+
+def logged_metrics_port(log: Path) -> int | None:
+    """The port of /metrics that a `pinrec` process started with --metrics-port 0 logged, once it has."""
+    found = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log.read_text(errors="replace"))
+    return int(found.group(1)) if found else None
 
 
 class ConsumerProcess:
@@ -118,8 +136,8 @@ class ConsumerProcess:
     def __init__(
         self, bootstrap: str, topic: str, store: FeatureStoreSettings, group: str, *extra: str
     ) -> None:
-        self.metrics_port = pick_port(0)
-        self.log = Path(store.repo_dir) / f"consumer-{self.metrics_port}.log"
+        self.log = Path(store.repo_dir) / f"consumer-{uuid.uuid4().hex[:8]}.log"
+        self._metrics_port: int | None = None
         env_store = {
             "PINREC_FEATURE_REPO": str(store.repo_dir),
             "PINREC_ONLINE_STORE": store.online_store,
@@ -140,7 +158,7 @@ class ConsumerProcess:
                     "--group",
                     group,
                     "--metrics-port",
-                    str(self.metrics_port),
+                    "0",  # any free port, read from the log: a port picked here could be taken before use
                     *extra,
                 ],
                 env={**os.environ, **env_store},
@@ -152,9 +170,12 @@ class ConsumerProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples over the series that carry all the given labels (0 when unreachable)."""
+        self._metrics_port = self._metrics_port or logged_metrics_port(self.log)
+        if self._metrics_port is None:
+            return 0.0
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+                f"http://127.0.0.1:{self._metrics_port}/metrics", timeout=2
             ) as response:
                 text = response.read().decode()
         except OSError:
@@ -165,10 +186,15 @@ class ConsumerProcess:
                 total += float(value)
         return total
 
+    def report(self) -> str:
+        """Its exit status and the end of its log."""
+        status = "running" if self.process.poll() is None else f"exit status {self.process.returncode}"
+        return f"{status}; log {self.log}:\n{self.log.read_text()[-3000:]}"
+
     def wait_consumed(self, at_least: float, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
         while self.metric("pinrec_consumer_events_consumed_total") < at_least:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            assert self.process.poll() is None, self.report()
             assert time.monotonic() < deadline, f"consumed fewer than {at_least} events in {timeout_s} s"
             time.sleep(0.2)
 

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -22,7 +23,7 @@ from kafka import KafkaProducer
 from pinrec.featurestore.event_log import DAY_MS, day_name, read_events
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.featurestore.store import SequenceStore, open_store
-from pinrec.localstack.processes import die_with_parent, pick_port
+from pinrec.localstack.processes import die_with_parent
 from pinrec.model.data.loaders import load_dataset
 from pinrec.stream.backfill import backfill
 from pinrec.stream.events import Event, EventLimits
@@ -32,6 +33,7 @@ from pinrec.stream.sink import EventLogSink, SinkMetrics, SinkSettings
 from .helpers import REPO
 from .stream_helpers import (
     applied_store_settings,
+    logged_metrics_port,
     make_events,
     reference_sequences,
     send,
@@ -119,10 +121,10 @@ class SinkProcess:
     """`pinrec sink` in its own process, tied to the test process's life."""
 
     def __init__(self, bootstrap: str, topic: str, log: Path, group: str, *extra: str) -> None:
-        self.metrics_port = pick_port(0)
-        self.output = log.parent / f"sink-{self.metrics_port}.log"
+        self.output = log.parent / f"sink-{uuid.uuid4().hex[:8]}.log"
+        self._metrics_port: int | None = None
         command = [sys.executable, "-m", "pinrec.cli", "sink", "--bootstrap", bootstrap, "--topic", topic]
-        command += ["--out", str(log), "--group", group, "--metrics-port", str(self.metrics_port), *extra]
+        command += ["--out", str(log), "--group", group, "--metrics-port", "0", *extra]
         with open(self.output, "wb") as output:
             self.process = subprocess.Popen(
                 command,
@@ -134,8 +136,11 @@ class SinkProcess:
             )
 
     def metric(self, name: str) -> float:
+        self._metrics_port = self._metrics_port or logged_metrics_port(self.output)
+        if self._metrics_port is None:
+            return 0.0
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as reply:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self._metrics_port}/metrics", timeout=2) as reply:
                 text = reply.read().decode()
         except OSError:
             return 0.0

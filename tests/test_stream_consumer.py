@@ -46,7 +46,7 @@ def test_kill_minus_9_mid_stream_then_restart_loses_and_duplicates_nothing(
     assert stored_sequences(store, sorted(reference_sequences(events))) != reference_sequences(events)
 
     second = ConsumerProcess(services.kafka_bootstrap, topic, store, topic)
-    wait_for_sequences(store, reference_sequences(events))
+    wait_for_sequences(store, reference_sequences(events), writer=second)
     assert second.terminate() == 0
 
 
@@ -59,7 +59,7 @@ def test_broker_restart_mid_stream_loses_nothing(services, make_topic, unique_na
     consumer.wait_consumed(2_000)
     services.stack.restart("kafka", pause_s=2)
     send(services.kafka_bootstrap, topic, after)
-    wait_for_sequences(store, reference_sequences(before + after))
+    wait_for_sequences(store, reference_sequences(before + after), writer=consumer)
     assert consumer.process.poll() is None, "the consumer must survive a broker restart"
     assert consumer.terminate() == 0
 
@@ -122,7 +122,7 @@ def test_poison_messages_reach_the_dead_letter_topic_with_reasons(
     producer.close()
 
     consumer = ConsumerProcess(services.kafka_bootstrap, topic, store, topic)
-    wait_for_sequences(store, reference_sequences(good))
+    wait_for_sequences(store, reference_sequences(good), writer=consumer)
     dlq = KafkaConsumer(
         f"{topic}.dlq",
         bootstrap_servers=services.kafka_bootstrap,
@@ -144,7 +144,7 @@ def test_redis_down_for_seconds_mid_stream_loses_nothing(services, make_topic, u
     before, during = make_events(5_000, users=300, seed=5), make_events(4_000, users=300, seed=6)
     send(services.kafka_bootstrap, topic, before)
     consumer = ConsumerProcess(services.kafka_bootstrap, topic, store, topic)
-    wait_for_sequences(store, reference_sequences(before))
+    wait_for_sequences(store, reference_sequences(before), writer=consumer)
 
     def trickle() -> None:  # events keep arriving while Redis is down
         for start in range(0, len(during), 400):
@@ -156,7 +156,7 @@ def test_redis_down_for_seconds_mid_stream_loses_nothing(services, make_topic, u
     time.sleep(1)
     services.stack.restart("redis", pause_s=5)
     sender.join()
-    wait_for_sequences(store, reference_sequences(before + during))
+    wait_for_sequences(store, reference_sequences(before + during), writer=consumer)
     # The outage was felt: a write failed (and was retried by us), or blocked in the client's own retries.
     slow_writes = consumer.metric("pinrec_consumer_batch_seconds_count", stage="write") - consumer.metric(
         "pinrec_consumer_batch_seconds_bucket", stage="write", le="2.5"
@@ -195,7 +195,7 @@ def test_sigterm_finishes_the_batch_and_commits(services, make_topic, unique_nam
     events = make_events(5_000, users=100, seed=6, redelivered=0)
     send(services.kafka_bootstrap, topic, events)
     consumer = ConsumerProcess(services.kafka_bootstrap, topic, store, topic)
-    wait_for_sequences(store, reference_sequences(events))
+    wait_for_sequences(store, reference_sequences(events), writer=consumer)
     assert consumer.terminate() == 0
     reader = KafkaConsumer(
         bootstrap_servers=services.kafka_bootstrap, group_id=topic, enable_auto_commit=False
@@ -219,7 +219,7 @@ def test_a_hung_redis_counts_errors_and_sigterm_still_exits_within_30_s(
     events = make_events(400, users=20, seed=9, redelivered=0)
     send(services.kafka_bootstrap, topic, events[:200])
     consumer = ConsumerProcess(services.kafka_bootstrap, topic, store, topic)
-    wait_for_sequences(store, reference_sequences(events[:200]), timeout_s=60)
+    wait_for_sequences(store, reference_sequences(events[:200]), timeout_s=60, writer=consumer)
     redis_process.send_signal(signal.SIGSTOP)
     send(services.kafka_bootstrap, topic, events[200:])
     deadline = time.monotonic() + 60
