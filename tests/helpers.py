@@ -12,6 +12,7 @@ from pinrec.localstack.processes import die_with_parent
 from pinrec.settings import LocalStackSettings, Settings
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 def free_port_settings(state_dir: Path) -> LocalStackSettings:
@@ -53,3 +54,20 @@ def run_pinrec(env: dict[str, str], *args: str, timeout_s: float = 180) -> subpr
         cwd=REPO,
         preexec_fn=die_with_parent,
     )
+
+
+def pinrec(*args: str | Path, processes: int = 1, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """A pinrec command, under torchrun (one machine, a free rendezvous port) for several processes."""
+    command = [str(BIN / "pinrec"), *map(str, args)]
+    if processes > 1:
+        command = [
+            str(BIN / "torchrun"),
+            "--standalone",
+            f"--nproc-per-node={processes}",
+            "--no-python",
+        ] + command
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=timeout_s
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

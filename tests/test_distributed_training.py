@@ -10,10 +10,8 @@ torch sees one (the GPU check, never in CI)."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -38,29 +36,11 @@ from pinrec.model.train import TrainConfig, fit, run_key
 from pinrec.serving.engine import LoadedModel, Recommender
 from pinrec.serving.request import parse_instance
 from pinrec.serving.settings import ServeSettings
-from tests.helpers import REPO
+from tests.helpers import BIN, REPO, pinrec
 
-BIN = Path(sys.executable).parent
 MODEL = ["--dim", "32", "--dropout", "0"]
 SHARED = ["--data-shards", "2", "--seed", "3", "--device", "cpu"]
 CPU, GPU0, GPU1 = torch.device("cpu"), torch.device("cuda", 0), torch.device("cuda", 1)
-
-
-def pinrec(*args: str | Path, processes: int = 1, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    """A pinrec command, under torchrun (one machine, a free rendezvous port) for several processes."""
-    command = [str(BIN / "pinrec"), *map(str, args)]
-    if processes > 1:
-        command = [
-            str(BIN / "torchrun"),
-            "--standalone",
-            f"--nproc-per-node={processes}",
-            "--no-python",
-        ] + command
-    result = subprocess.run(
-        command, capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=timeout_s
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

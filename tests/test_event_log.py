@@ -1,11 +1,13 @@
 """The event-log sink against the real Kafka broker: each valid message logged once, partitioned by event
-date, across `kill -9` and restarts and groups that never committed; reading the log back for training; and
+date, across `kill -9` and restarts and groups that never committed, in a local folder and in an S3 bucket (a
+real S3 API server, moto_server); reading the log back for training, from s3:// under torchrun too; and
 `pinrec backfill` rebuilding the consumer's sequences from it."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -14,13 +16,16 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import pytest
 from kafka import KafkaProducer
 
-from pinrec.featurestore.event_log import DAY_MS, day_name, read_events
+from pinrec.featurestore.event_log import DAY_MS, day_name, list_days, list_files, open_log, read_events
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.featurestore.store import SequenceStore, open_store
 from pinrec.localstack.processes import die_with_parent
@@ -30,7 +35,8 @@ from pinrec.stream.events import Event, EventLimits
 from pinrec.stream.merge import merge_events
 from pinrec.stream.sink import EventLogSink, SinkMetrics, SinkSettings
 
-from .helpers import REPO
+from .helpers import BIN, REPO, pinrec
+from .serving_helpers import free_port
 from .stream_helpers import (
     applied_store_settings,
     logged_metrics_port,
@@ -65,12 +71,18 @@ def send_invalid(bootstrap: str, topic: str) -> None:
     producer.close()
 
 
-def logged_rows(log: Path) -> collections.Counter:
-    """Every row of the log as written (no deduplication): event id -> times logged."""
-    if not log.exists():
+def logged_rows(log: Path | str) -> collections.Counter:
+    """Every row of the log (a folder or a URI) as written (no deduplication): event id -> times logged."""
+    filesystem, base = open_log(str(log))
+    if not list_days(filesystem, base):
         return collections.Counter()
-    table = ds.dataset(log, format="parquet", partitioning="hive").to_table(columns=["event_id"])
-    return collections.Counter(table["event_id"].to_pylist())
+    dataset = ds.dataset(base, filesystem=filesystem, format="parquet", partitioning="hive")
+    return collections.Counter(dataset.to_table(columns=["event_id"])["event_id"].to_pylist())
+
+
+def temporary_files(log: Path | str) -> list[str]:
+    filesystem, base = open_log(str(log))
+    return list_files(filesystem, base, list_days(filesystem, base))[1]
 
 
 def run_sink(bootstrap: str, topic: str, log: Path, group: str, expected: int, **options) -> SinkMetrics:
@@ -120,8 +132,12 @@ def test_sink_logs_each_valid_message_once_partitioned_by_event_date(services, m
 class SinkProcess:
     """`pinrec sink` in its own process, tied to the test process's life."""
 
-    def __init__(self, bootstrap: str, topic: str, log: Path, group: str, *extra: str) -> None:
-        self.output = log.parent / f"sink-{uuid.uuid4().hex[:8]}.log"
+    def __init__(
+        self, bootstrap: str, topic: str, log: Path | str, group: str, *extra: str, logs: Path | None = None
+    ) -> None:
+        """log: the event log (a folder or a URI); logs: the folder for the process's output (default: the
+        event log's parent folder)."""
+        self.output = (logs or Path(log).parent) / f"sink-{uuid.uuid4().hex[:8]}.log"
         self._metrics_port: int | None = None
         command = [sys.executable, "-m", "pinrec.cli", "sink", "--bootstrap", bootstrap, "--topic", topic]
         command += ["--out", str(log), "--group", group, "--metrics-port", "0", *extra]
@@ -154,40 +170,129 @@ class SinkProcess:
             time.sleep(0.05)
 
 
-def test_sink_is_exactly_once_across_kill_9_restart_and_uncommitted_groups(services, make_topic, tmp_path):
+S3_BUCKET = "pinrec-events"
+
+
+@pytest.fixture(scope="module")
+def s3_bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bucket on a real S3 API server (moto_server on a free port), with the AWS_* environment that points
+    pyarrow, and every process started from here, at it; its s3:// URI."""
+    port = free_port()
+    output = tmp_path_factory.mktemp("s3") / "moto_server.log"
+    with open(output, "wb") as log:
+        server = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not _answers(endpoint):
+        assert server.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
+        time.sleep(0.1)
+    environment = {
+        "AWS_ACCESS_KEY_ID": "pinrec-test",
+        "AWS_SECRET_ACCESS_KEY": "pinrec-test-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        pafs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True).create_dir(S3_BUCKET)
+        yield f"s3://{S3_BUCKET}"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(params=["folder", "s3"])
+def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the sink writes: a local folder, or a prefix in an S3 bucket (where a move is a copy and a
+    delete, not an atomic rename)."""
+    if request.param == "s3":
+        return f"{request.getfixturevalue('s3_bucket')}/{uuid.uuid4().hex[:8]}/log"
+    return str(tmp_path / "log")
+
+
+def test_sink_is_exactly_once_across_kill_9_restart_and_uncommitted_groups(
+    services, make_topic, tmp_path, event_log
+):
     topic = make_topic(3)
-    log = tmp_path / "log"
     first, second = make_events(20_000, 2_000, seed=2), make_events(5_000, 2_000, seed=3)
     send(services.kafka_bootstrap, topic, first)
 
     flush = ("--flush-events", "500", "--flush-seconds", "1")
-    sink = SinkProcess(services.kafka_bootstrap, topic, log, "g", *flush)
+    sink = SinkProcess(services.kafka_bootstrap, topic, event_log, "g", *flush, logs=tmp_path)
     sink.wait_for("pinrec_sink_files_written_total", 6)
     sink.process.send_signal(signal.SIGKILL)
     sink.process.wait()
-    assert 0 < sum(logged_rows(log).values()) < len(first), "killed before or after the run"
+    assert 0 < sum(logged_rows(event_log).values()) < len(first), "killed before or after the run"
     send(services.kafka_bootstrap, topic, second)
-    day = next(log.glob("date=*"))
-    (day / f".part-p00000-{0:020d}-{1:020d}.parquet.crashed.tmp").write_bytes(b"half a file")
+    filesystem, base = open_log(event_log)
+    crashed = (
+        f"{base}/date={list_days(filesystem, base)[0]}/.part-p00000-{0:020d}-{1:020d}.parquet.crashed.tmp"
+    )
+    with filesystem.open_output_stream(crashed) as half_a_file:
+        half_a_file.write(b"half a file")
 
-    sink = SinkProcess(services.kafka_bootstrap, topic, log, "g", *flush)
+    sink = SinkProcess(services.kafka_bootstrap, topic, event_log, "g", *flush, logs=tmp_path)
     sent = collections.Counter(e.event_id for e in first + second)
     deadline = time.monotonic() + 90
-    while sum(logged_rows(log).values()) < sum(sent.values()) and time.monotonic() < deadline:
+    while sum(logged_rows(event_log).values()) < sum(sent.values()) and time.monotonic() < deadline:
         assert sink.process.poll() is None, sink.output.read_text()[-3000:]
         time.sleep(0.2)
     sink.process.send_signal(signal.SIGTERM)
     assert sink.process.wait(timeout=60) == 0, sink.output.read_text()[-3000:]
-    assert logged_rows(log) == sent
-    assert not list(log.rglob(".*")), "the crashed temporary file was not removed"
+    assert logged_rows(event_log) == sent
+    assert temporary_files(event_log) == [], "the crashed temporary file was not removed"
 
     # A group that never committed (as after a crash between every rename and its commit) resumes from the
     # log: it writes only the new events.
     late = make_events(30, 20, seed=4, redelivered=0)
     send(services.kafka_bootstrap, topic, late)
-    metrics = run_sink(services.kafka_bootstrap, topic, log, "never-committed", len(late))
+    metrics = run_sink(services.kafka_bootstrap, topic, event_log, "never-committed", len(late))
     assert metrics.value("pinrec_sink_events_written_total") == len(late)
-    assert logged_rows(log) == sent + collections.Counter(e.event_id for e in late)
+    assert logged_rows(event_log) == sent + collections.Counter(e.event_id for e in late)
+
+
+def test_training_under_torchrun_reads_the_sinks_log_from_s3(services, make_topic, tmp_path, s3_bucket):
+    """`pinrec sink` writes to s3://, and two training processes read the log from there with the AWS_*
+    credentials and endpoint of the environment."""
+    topic = make_topic(2)
+    events = make_events(3_000, 100, seed=10, redelivered=0)
+    send(services.kafka_bootstrap, topic, events)
+    uri = f"{s3_bucket}/{uuid.uuid4().hex[:8]}/log"
+    run_sink(services.kafka_bootstrap, topic, uri, "g", len(events), flush_events=1_000)
+
+    out = tmp_path / "model"
+    pinrec(
+        "train",
+        "--data",
+        uri,
+        "--out",
+        out,
+        "--max-epochs",
+        "1",
+        "--dim",
+        "32",
+        "--data-shards",
+        "2",
+        "--device",
+        "cpu",
+        processes=2,
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    training = manifest["metrics"]["training"]
+    assert training["epochs"] == 1 and training["processes"] == 2 and training["backend"] == "gloo", training
 
 
 def test_sink_rewrites_a_chunk_that_a_crash_left_without_all_its_dates(services, make_topic, tmp_path):
