@@ -25,10 +25,19 @@ import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
 
-from pinrec.featurestore.event_log import DAY_MS, day_name, list_days, list_files, open_log, read_events
+from pinrec.featurestore.event_log import (
+    DAY_MS,
+    day_name,
+    file_path,
+    list_days,
+    list_files,
+    open_log,
+    read_events,
+    temp_path,
+)
 from pinrec.featurestore.schema import UserSequence, Vocabulary
 from pinrec.featurestore.store import SequenceStore, open_store
-from pinrec.localstack.processes import die_with_parent
+from pinrec.localstack.processes import die_with_parent, wait_for_http
 from pinrec.model.data.loaders import load_dataset
 from pinrec.stream.backfill import backfill
 from pinrec.stream.events import Event, EventLimits
@@ -85,7 +94,9 @@ def temporary_files(log: Path | str) -> list[str]:
     return list_files(filesystem, base, list_days(filesystem, base))[1]
 
 
-def run_sink(bootstrap: str, topic: str, log: Path, group: str, expected: int, **options) -> SinkMetrics:
+def run_sink(
+    bootstrap: str, topic: str, log: Path | str, group: str, expected: int, **options
+) -> SinkMetrics:
     """An in-process sink until it has logged or refused `expected` messages, then stopped."""
     metrics = SinkMetrics()
     settings = SinkSettings(bootstrap, topic, str(log), group_id=group, **{"flush_seconds": 0.5, **options})
@@ -187,10 +198,7 @@ def s3_bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             preexec_fn=die_with_parent,
         )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while not _answers(endpoint):
-        assert server.poll() is None and time.monotonic() < deadline, output.read_text()[-3000:]
-        time.sleep(0.1)
+    wait_for_http(endpoint, server, what="moto_server", timeout_s=60, log_path=output)
     environment = {
         "AWS_ACCESS_KEY_ID": "pinrec-test",
         "AWS_SECRET_ACCESS_KEY": "pinrec-test-secret",
@@ -204,14 +212,6 @@ def s3_bucket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"s3://{S3_BUCKET}"
     server.terminate()
     server.wait(timeout=30)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -238,9 +238,7 @@ def test_sink_is_exactly_once_across_kill_9_restart_and_uncommitted_groups(
     assert 0 < sum(logged_rows(event_log).values()) < len(first), "killed before or after the run"
     send(services.kafka_bootstrap, topic, second)
     filesystem, base = open_log(event_log)
-    crashed = (
-        f"{base}/date={list_days(filesystem, base)[0]}/.part-p00000-{0:020d}-{1:020d}.parquet.crashed.tmp"
-    )
+    crashed = temp_path(file_path(base, list_days(filesystem, base)[0], 0, 0, 1), "crashed")
     with filesystem.open_output_stream(crashed) as half_a_file:
         half_a_file.write(b"half a file")
 
@@ -274,22 +272,8 @@ def test_training_under_torchrun_reads_the_sinks_log_from_s3(services, make_topi
     run_sink(services.kafka_bootstrap, topic, uri, "g", len(events), flush_events=1_000)
 
     out = tmp_path / "model"
-    pinrec(
-        "train",
-        "--data",
-        uri,
-        "--out",
-        out,
-        "--max-epochs",
-        "1",
-        "--dim",
-        "32",
-        "--data-shards",
-        "2",
-        "--device",
-        "cpu",
-        processes=2,
-    )
+    model = ["--max-epochs", "1", "--dim", "32", "--data-shards", "2", "--device", "cpu"]
+    pinrec("train", "--data", uri, "--out", out, *model, processes=2)
     manifest = json.loads((out / "manifest.json").read_text())
     training = manifest["metrics"]["training"]
     assert training["epochs"] == 1 and training["processes"] == 2 and training["backend"] == "gloo", training
